@@ -1,0 +1,1 @@
+"""The phone-verification service: an SMS code raced against a timer, checkpointed in SQLite."""

@@ -1,0 +1,189 @@
+"""Settings, parsed once from `config.toml` and the environment into frozen dataclasses.
+
+Every setting has a default, so the service runs with no file at all. A setting `key` of section
+`[section]` is overridden by the variable `VERIFY_SECTION_KEY`; a few also honour the names their
+ecosystems use (`TWILIO_AUTH_TOKEN`, `AWS_ENDPOINT_URL`, ...). Lists come from the environment
+comma-separated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from notifier.settings import QueueSettings
+from service.errors import ConfigError
+
+ENV_PREFIX = "VERIFY"
+
+
+class Secret(str):
+    """A string that does not show itself in reprs, logs or tracebacks."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self else "Secret('')"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 16 * 1024
+    shutdown_grace_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    path: str = "verifications.db"
+    #: The file holding the code secret; empty means `<path>.secret`.
+    secret_file: str = ""
+    #: The code secret itself (hex, 32 bytes or more); when set, no file is used.
+    secret: Secret = Secret("")
+
+
+@dataclass(frozen=True)
+class VerificationSettings:
+    code_length: int = 6
+    ttl_seconds: float = 90.0
+    max_attempts: int = 3
+    max_reference_length: int = 200
+
+
+@dataclass(frozen=True)
+class SmsSettings:
+    #: "twilio", "console", or "auto": Twilio when credentials are set, else the console.
+    sender: str = "auto"
+    account_sid: str = ""
+    auth_token: Secret = Secret("")
+    from_number: str = ""
+    messaging_service_sid: str = ""
+    api_base_url: str = "https://api.twilio.com"
+    template: str = "Your verification code is {code}. It expires in {minutes} minutes."
+    timeout_seconds: float = 10.0
+    retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    api_keys: tuple[Secret, ...] = ()
+    allow_unauthenticated: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    verification: VerificationSettings = field(default_factory=VerificationSettings)
+    sms: SmsSettings = field(default_factory=SmsSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+
+
+#: Conventional variable names honoured when the VERIFY_* one is not set.
+ALIASES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("sms", "account_sid"): ("TWILIO_ACCOUNT_SID",),
+    ("sms", "auth_token"): ("TWILIO_AUTH_TOKEN",),
+    ("queue", "endpoint_url"): ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL"),
+    ("queue", "region"): ("AWS_REGION", "AWS_DEFAULT_REGION"),
+}
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (a missing default file is fine, a missing named file is not) and the env."""
+    env = os.environ if env is None else env
+    tables: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.exists():
+            raise ConfigError(f"Config file '{file}' does not exist.")
+        try:
+            tables = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"Config file '{file}' is not valid TOML: {exc}") from exc
+    return settings_from(tables, env)
+
+
+def settings_from(tables: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    unknown = set(tables) - {f.name for f in dataclasses.fields(Settings)}
+    if unknown:
+        raise ConfigError(f"Config has unknown section(s): {', '.join(sorted(unknown))}.")
+    sections = {}
+    for f in dataclasses.fields(Settings):
+        cls = get_type_hints(Settings)[f.name]
+        table = tables.get(f.name, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"Config '[{f.name}]' must be a table.")
+        sections[f.name] = _section(cls, f.name, table, env)
+    return Settings(**sections)
+
+
+def env_names(section: str, key: str) -> tuple[str, ...]:
+    """The variables that set `[section] key`, the project's own first."""
+    own = f"{ENV_PREFIX}_{section}_{key}".upper()
+    return (own, *ALIASES.get((section, key), ()))
+
+
+def _section(cls: type[Any], section: str, table: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(table) - names
+    if unknown:
+        raise ConfigError(f"Config '[{section}]' has unknown key(s): {', '.join(sorted(unknown))}.")
+    values: dict[str, Any] = {}
+    for name in names:
+        raw = _from_env(section, name, env)
+        if raw is not None:
+            values[name] = _coerce(hints[name], raw, f"{section}.{name}", from_env=True)
+        elif name in table:
+            values[name] = _coerce(hints[name], table[name], f"{section}.{name}", from_env=False)
+    return cls(**values)
+
+
+def _from_env(section: str, key: str, env: Mapping[str, str]) -> str | None:
+    for name in env_names(section, key):
+        if env.get(name, "") != "":
+            return env[name]
+    return None
+
+
+def _coerce(hint: Any, raw: Any, where: str, *, from_env: bool) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+        origin = get_origin(hint)
+    if origin is tuple:
+        item = get_args(hint)[0]
+        items = [p.strip() for p in raw.split(",") if p.strip()] if from_env else raw
+        if not isinstance(items, list):
+            raise ConfigError(f"Config '{where}' must be a list.")
+        return tuple(_coerce(item, i, where, from_env=from_env) for i in items)
+    try:
+        if hint is bool:
+            return _boolean(raw)
+        if hint in (int, float):
+            if isinstance(raw, bool):
+                raise ValueError
+            return hint(raw)
+        if hint in (str, Secret):
+            if not isinstance(raw, str):
+                raise ValueError
+            return hint(raw)
+    except ValueError:
+        raise ConfigError(f"Config '{where}' must be a {hint.__name__}, not {raw!r}.") from None
+    raise ConfigError(f"Config '{where}' has a type the loader does not know: {hint}.")
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError
