@@ -30,6 +30,9 @@ class Secret(str):
         return "Secret('**********')" if self else "Secret('')"
 
 
+NO_SECRET = Secret("")
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
@@ -44,7 +47,7 @@ class DatabaseSettings:
     #: The file holding the code secret; empty means `<path>.secret`.
     secret_file: str = ""
     #: The code secret itself (hex, 32 bytes or more); when set, no file is used.
-    secret: Secret = Secret("")
+    secret: Secret = NO_SECRET
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,11 @@ class SmsSettings:
     #: "twilio", "console", or "auto": Twilio when credentials are set, else the console.
     sender: str = "auto"
     account_sid: str = ""
-    auth_token: Secret = Secret("")
+    auth_token: Secret = NO_SECRET
     from_number: str = ""
     messaging_service_sid: str = ""
     api_base_url: str = "https://api.twilio.com"
-    template: str = "Your verification code is {code}. It expires in {minutes} minutes."
+    template: str = "Your verification code is {code}. It expires in {expires_in}."
     timeout_seconds: float = 10.0
     retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 

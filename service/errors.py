@@ -8,7 +8,8 @@ VerificationError            the contract's errors; each carries a stable code a
   ├── PayloadTooLarge        413: the body is over the configured limit
   ├── UnsupportedMediaType   415: the body is not JSON
   ├── Unprocessable          422: a phone, code or reference that is not of the accepted form
-  └── RateLimited            429: a limit was reached; carries the seconds to wait
+  ├── RateLimited            429: a limit was reached; carries the seconds to wait
+  └── Unavailable            503: the service is stopping or cannot reach its database
 SmsError                     the SMS could not be sent
   ├── SmsRejected            permanent: the provider refused it (invalid or unreachable number)
   └── SmsUnavailable         transient: 5xx, time-out or connection error; worth retrying
@@ -87,6 +88,11 @@ class RateLimited(VerificationError):
     def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class Unavailable(VerificationError):
+    status = 503
+    code = "unavailable"
 
 
 class SmsError(Exception):

@@ -1,0 +1,72 @@
+"""A verification: its status, its deadline, and the view the API shows of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """Statuses in Twilio Verify's words; every one but `pending` is final."""
+
+    #: Waiting for the code; the SMS may still be on its way.
+    PENDING = "pending"
+    #: The right code arrived before the deadline.
+    APPROVED = "approved"
+    #: The deadline passed without the right code.
+    EXPIRED = "expired"
+    #: The last allowed wrong code arrived.
+    MAX_ATTEMPTS_REACHED = "max_attempts_reached"
+    #: The caller canceled it.
+    CANCELED = "canceled"
+    #: The SMS could not be delivered; `reason` says why.
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class Verification:
+    """One verification as stored; times are Unix seconds (UTC), deadlines absolute.
+
+    The code is not here: it is derived from `salt` and a secret kept outside the database.
+    """
+
+    id: str
+    phone: str
+    reference: str | None
+    status: Status
+    salt: bytes
+    attempts_left: int
+    attempts: int
+    created_at: float
+    expires_at: float
+    completed_at: float | None = None
+    sms_sent_at: float | None = None
+    sms_id: str | None = None
+    reason: str | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.status is Status.PENDING
+
+    def view(self) -> dict[str, Any]:
+        """What the API shows: never the code, nor anything it could be derived from."""
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "to": self.phone,
+            "reference": self.reference,
+            "attempts_left": self.attempts_left,
+            "created_at": rfc3339(self.created_at),
+            "expires_at": rfc3339(self.expires_at),
+            "completed_at": rfc3339(self.completed_at) if self.completed_at is not None else None,
+            "reason": self.reason,
+        }
+
+
+def rfc3339(timestamp: float) -> str:
+    """Unix seconds as RFC 3339 in UTC with millisecond precision, e.g. 2026-01-02T03:04:05.678Z."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

@@ -1,0 +1,173 @@
+"""Delivering the challenge by SMS: Twilio in production, the console in development.
+
+Every sender raises `SmsRejected` when the provider refuses the message for good (an invalid or
+unreachable number) and `SmsUnavailable` when trying again later may work (5xx, 429, time-out,
+connection error). `RetryingSender` retries only the latter, sleeping between tries the delays kept
+in a list, as tutorcruncher/morpheus does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import aiohttp
+from twilio.base.exceptions import (  # type: ignore[import-untyped]
+    TwilioRestException,
+    TwilioServiceException,
+)
+from twilio.http.async_http_client import AsyncTwilioHttpClient  # type: ignore[import-untyped]
+from twilio.rest import Client  # type: ignore[import-untyped]
+
+from service.config import SmsSettings
+from service.errors import ConfigError, SmsRejected, SmsUnavailable
+
+logger = logging.getLogger(__name__)
+
+SENDERS = ("twilio", "console", "auto")
+
+
+class SmsSender(Protocol):
+    async def send(self, to: str, body: str) -> str:
+        """Send `body` to `to` and return the provider's message id."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ConsoleSender:
+    """Prints each message to stdout: the local-development default, which needs no account."""
+
+    async def send(self, to: str, body: str) -> str:
+        print(f"SMS to {to}: {body}", flush=True)
+        return f"console-{uuid.uuid4().hex}"
+
+    async def close(self) -> None:
+        pass
+
+
+class TwilioSender:
+    """Sends through Twilio's Messages API with the official SDK's asyncio client."""
+
+    def __init__(self, settings: SmsSettings) -> None:
+        _check_twilio(settings)
+        self._settings = settings
+        # The SDK's aiohttp session needs a running loop, so it is made on the first send.
+        self._client: Any = None
+
+    async def send(self, to: str, body: str) -> str:
+        sender = self._sender_params()
+        try:
+            # AsyncTwilioHttpClient keeps its `timeout` but never hands it to aiohttp (twilio
+            # 9.13), so without this a silent Twilio would hold the request for ever.
+            async with asyncio.timeout(self._settings.timeout_seconds):
+                message = await self._twilio().messages.create_async(to=to, body=body, **sender)
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise _classify(exc) from exc
+        except TimeoutError as exc:
+            seconds = self._settings.timeout_seconds
+            raise SmsUnavailable(f"twilio did not answer within {seconds:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise SmsUnavailable(f"twilio unreachable: {type(exc).__name__}") from exc
+        return str(message.sid)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.http_client.close()
+            self._client = None
+
+    def _twilio(self) -> Any:
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        settings = self._settings
+        http_client = AsyncTwilioHttpClient(timeout=settings.timeout_seconds)
+        client = Client(settings.account_sid, str(settings.auth_token), http_client=http_client)
+        # The SDK would rewrite the host from TWILIO_EDGE / TWILIO_REGION in the environment;
+        # `api_base_url` is the one setting that says where Twilio is.
+        client.edge = client.region = None
+        client.api.base_url = settings.api_base_url
+        return client
+
+    def _sender_params(self) -> dict[str, str]:
+        if self._settings.messaging_service_sid:
+            return {"messaging_service_sid": self._settings.messaging_service_sid}
+        return {"from_": self._settings.from_number}
+
+
+class RetryingSender:
+    """Retries transient failures of `inner`, sleeping `delays[i]` before try `i + 2`."""
+
+    def __init__(self, inner: SmsSender, delays: Sequence[float]) -> None:
+        self.inner = inner
+        self.delays = list(delays)
+
+    async def send(self, to: str, body: str) -> str:
+        for attempt, delay in enumerate(self.delays, start=1):
+            try:
+                return await self.inner.send(to, body)
+            except SmsUnavailable as exc:
+                logger.warning("SMS try %d failed (%s); retrying in %g s", attempt, exc, delay)
+            await asyncio.sleep(delay)
+        tries = len(self.delays) + 1
+        try:
+            return await self.inner.send(to, body)
+        except SmsUnavailable as exc:
+            raise SmsUnavailable(f"{exc.reason} (gave up after {tries} tries)") from exc
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def create_sender(settings: SmsSettings) -> SmsSender:
+    """The sender `settings.sender` names, retrying transient failures `settings.retry_delays`."""
+    inner: SmsSender = TwilioSender(settings) if _wants_twilio(settings) else ConsoleSender()
+    return RetryingSender(inner, settings.retry_delays)
+
+
+def _wants_twilio(settings: SmsSettings) -> bool:
+    if settings.sender not in SENDERS:
+        choices = ", ".join(f"'{s}'" for s in SENDERS)
+        raise ConfigError(f"Config 'sms.sender' must be one of {choices}, not {settings.sender!r}.")
+    if settings.sender != "auto":
+        return settings.sender == "twilio"
+    has_sid, has_token = bool(settings.account_sid), bool(settings.auth_token)
+    if has_sid != has_token:
+        # Half a credential is a mistake; falling back to the console would print codes to stdout.
+        missing = "sms.auth_token" if has_sid else "sms.account_sid"
+        raise ConfigError(f"Config '{missing}' is missing, and the other Twilio credential is set.")
+    return has_sid
+
+
+def _check_twilio(settings: SmsSettings) -> None:
+    for key in ("account_sid", "auth_token"):
+        if not getattr(settings, key):
+            raise ConfigError(f"Config 'sms.{key}' is missing, and the Twilio sender needs it.")
+    if not (settings.from_number or settings.messaging_service_sid):
+        raise ConfigError(
+            "Config 'sms.from_number' or 'sms.messaging_service_sid' is missing, "
+            "and the Twilio sender needs one."
+        )
+
+
+def _classify(exc: TwilioRestException | TwilioServiceException) -> SmsRejected | SmsUnavailable:
+    """Twilio's refusal as our error: a 4xx other than 429 is permanent, the rest transient."""
+    status = int(exc.status)
+    reason = f"twilio {exc.code}: {_message(exc)}"
+    if 400 <= status < 500 and status != 429:
+        return SmsRejected(reason)
+    return SmsUnavailable(reason)
+
+
+def _message(exc: TwilioRestException | TwilioServiceException) -> str:
+    if isinstance(exc, TwilioServiceException):
+        text = str(exc.title)
+    else:
+        # The SDK prefixes Twilio's own message with its operation.
+        text = str(exc.msg).removeprefix("Unable to create record").removeprefix(": ")
+    return text[:200] or f"HTTP {exc.status}"

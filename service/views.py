@@ -1,0 +1,81 @@
+"""Thin views: parse the request, call the orchestrator, answer with the verification's view."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from service import validation
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.middlewares import api_key_id
+from service.models import Verification
+from service.typedefs import orchestrator_key, settings_key
+
+
+async def start(request: web.Request) -> web.Response:
+    settings = request.app[settings_key].verification
+    body = await _json_object(request, allowed={"phone", "reference"})
+    phone = validation.phone_number(_required(body, "phone"))
+    reference = validation.reference(body.get("reference"), settings.max_reference_length)
+    key = validation.idempotency_key(request.headers.get("Idempotency-Key"))
+    scoped_key = f"{request[api_key_id]}:{key}" if key is not None else None
+    orchestrator = request.app[orchestrator_key]
+    v, created = await orchestrator.start(phone, reference, scoped_key)
+    headers = {"Location": f"/verifications/{v.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true" if key is not None else "false"
+    return _view(v, status=202, headers=headers)
+
+
+async def submit_code(request: web.Request) -> web.Response:
+    settings = request.app[settings_key].verification
+    body = await _json_object(request, allowed={"code"})
+    code = validation.code(_required(body, "code"), settings.code_length)
+    v = await request.app[orchestrator_key].submit_code(request.match_info["id"], code)
+    return _view(v)
+
+
+async def get(request: web.Request) -> web.Response:
+    return _view(await request.app[orchestrator_key].get(request.match_info["id"]))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    return _view(await request.app[orchestrator_key].cancel(request.match_info["id"]))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def _view(
+    v: Verification, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(v.view(), status=status, headers=headers)
+
+
+async def _json_object(request: web.Request, allowed: set[str]) -> dict[str, Any]:
+    limit = request.app[settings_key].server.max_body_bytes
+    # Refuse on the declared length before reading; aiohttp enforces the same limit while reading.
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The body must be at most {limit} bytes.")
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("The body must be JSON: Content-Type: application/json.")
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The body is not valid JSON.", code="malformed_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The body must be a JSON object.", code="not_an_object")
+    unknown = set(body) - allowed
+    if unknown:
+        raise BadRequest(f"Unknown field(s): {', '.join(sorted(unknown))}.", code="unknown_field")
+    return body
+
+
+def _required(body: dict[str, Any], name: str) -> Any:
+    if name not in body:
+        raise BadRequest(f"'{name}' is required.", code="missing_field")
+    return body[name]
