@@ -24,7 +24,7 @@ HTTP_CODES = {
     413: PayloadTooLarge.code,
 }
 
-api_key_id = "api_key_id"
+api_key_id = web.RequestKey("api_key_id", str)
 
 
 def error_response(error: VerificationError) -> web.Response:

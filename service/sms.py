@@ -9,6 +9,7 @@ in a list, as tutorcruncher/morpheus does.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import uuid
 from collections.abc import Sequence
@@ -49,6 +50,25 @@ class ConsoleSender:
         pass
 
 
+class _HeaderAuthHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """The SDK's aiohttp client, sending basic auth as a header: aiohttp 3.14 deprecates both
+    `aiohttp.BasicAuth` and `auth=`, which twilio 9.13 uses on every request."""
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if auth is not None:
+            credentials = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            headers = {**(headers or {}), "Authorization": f"Basic {credentials}"}
+        return await super().request(method, url, headers=headers, **kwargs)
+
+
 class TwilioSender:
     """Sends through Twilio's Messages API with the official SDK's asyncio client."""
 
@@ -86,7 +106,7 @@ class TwilioSender:
 
     def _make_client(self) -> Any:
         settings = self._settings
-        http_client = AsyncTwilioHttpClient(timeout=settings.timeout_seconds)
+        http_client = _HeaderAuthHttpClient(timeout=settings.timeout_seconds)
         client = Client(settings.account_sid, str(settings.auth_token), http_client=http_client)
         # The SDK would rewrite the host from TWILIO_EDGE / TWILIO_REGION in the environment;
         # `api_base_url` is the one setting that says where Twilio is.
@@ -166,8 +186,7 @@ def _classify(exc: TwilioRestException | TwilioServiceException) -> SmsRejected 
 
 def _message(exc: TwilioRestException | TwilioServiceException) -> str:
     if isinstance(exc, TwilioServiceException):
-        text = str(exc.title)
-    else:
-        # The SDK prefixes Twilio's own message with its operation.
-        text = str(exc.msg).removeprefix("Unable to create record").removeprefix(": ")
-    return text[:200] or f"HTTP {exc.status}"
+        return str(exc.title)[:200]
+    # The SDK prefixes Twilio's own message, when there is one, with "Unable to create record: ".
+    _, _, twilio_says = str(exc.msg).partition(": ")
+    return (twilio_says or str(exc.msg))[:200]

@@ -1,0 +1,109 @@
+"""Fixtures: the app over real HTTP, a real SQLite file, the real twilio SDK to a local server."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from service.app import create_app
+from service.config import Secret, Settings, settings_from
+from tests.twilio_server import TwilioServer
+
+pytest_plugins = ["tests.localstack"]
+
+API_KEY = "test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+MakeSettings = Callable[..., Settings]
+MakeClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[TwilioServer]:
+    async with TwilioServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, twilio: TwilioServer) -> MakeSettings:
+    """Settings for one test: its own database, the local Twilio, quick retries, no queue."""
+
+    def make(**sections: dict[str, Any]) -> Settings:
+        tables: dict[str, dict[str, Any]] = {
+            "database": {"path": str(tmp_path / "verifications.db")},
+            "verification": {"ttl_seconds": 30.0},
+            "sms": {
+                "sender": "twilio",
+                "account_sid": twilio.account_sid,
+                "auth_token": twilio.auth_token,
+                "from_number": "+15005550006",
+                "api_base_url": twilio.base_url,
+                "timeout_seconds": 2.0,
+                "retry_delays": [0.05, 0.1],
+            },
+            "queue": {"enabled": False},
+            "auth": {"api_keys": [API_KEY]},
+            "server": {"shutdown_grace_seconds": 1.0},
+        }
+        for name, values in sections.items():
+            tables[name] = {**tables.get(name, {}), **values}
+        return settings_from(tables, env={})
+
+    return make
+
+
+@pytest.fixture
+async def make_client(
+    make_settings: MakeSettings,
+) -> AsyncIterator[MakeClient]:
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def make(settings: Settings | None = None, **sections: dict[str, Any]) -> Any:
+        app = create_app(settings or make_settings(**sections))
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def client(make_client: MakeClient) -> TestClient[web.Request, web.Application]:
+    return await make_client()
+
+
+async def start(
+    client: TestClient[web.Request, web.Application], phone: str = "+14155550100", **body: Any
+) -> dict[str, Any]:
+    r = await client.post("/verifications", json={"phone": phone, **body}, headers=AUTH)
+    assert r.status == 202, await r.text()
+    view: dict[str, Any] = await r.json()
+    return view
+
+
+async def submit(
+    client: TestClient[web.Request, web.Application], verification_id: str, code: str
+) -> tuple[int, dict[str, Any]]:
+    r = await client.post(
+        f"/verifications/{verification_id}/code", json={"code": code}, headers=AUTH
+    )
+    return r.status, await r.json()
+
+
+def secret(value: str) -> Secret:
+    return Secret(value)
+
+
+def replace_section(settings: Settings, section: str, **values: Any) -> Settings:
+    return dataclasses.replace(
+        settings, **{section: dataclasses.replace(getattr(settings, section), **values)}
+    )
