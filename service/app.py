@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
+from notifier.publisher import Publisher
+from notifier.queues import QueueError, is_transient, resolve_queue_url, sqs_client
+from notifier.settings import QueueSettings
 from service.codes import CodeBook, load_secret
 from service.config import Settings
 from service.errors import ConfigError
+from service.limits import Limits
 from service.middlewares import authentication, errors
 from service.orchestrator import Orchestrator
 from service.recovery import recover
@@ -31,6 +39,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[settings_key] = settings
     app.cleanup_ctx.append(_domain)
+    app.cleanup_ctx.append(_outcomes)
     setup_routes(app)
     return app
 
@@ -51,8 +60,9 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     codes = CodeBook(load_secret(settings.database), settings.verification.code_length)
     sender = create_sender(settings.sms)
     store = await Store.open(settings.database.path)
+    limits = Limits(settings.limits, clock=time.time)
     orchestrator = Orchestrator(
-        store, sender, codes, settings.verification, settings.sms.template, clock=time.time
+        store, sender, codes, limits, settings.verification, settings.sms.template, clock=time.time
     )
     app[store_key] = store
     app[orchestrator_key] = orchestrator
@@ -63,3 +73,42 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
         await orchestrator.close(settings.server.shutdown_grace_seconds)
         await sender.close()
         await store.close()
+
+
+async def _outcomes(app: web.Application) -> AsyncIterator[None]:
+    """Push the outbox to SQS, from a task of its own: the service works while SQS does not."""
+    settings = app[settings_key].queue
+    if not settings.enabled:
+        log.warning("queue publishing is off: outcomes stay in the outbox")
+        yield
+        return
+    async with sqs_client(settings) as client:
+        task = asyncio.create_task(_publish(client, settings, app[store_key]), name="publisher")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _publish(client: Any, settings: QueueSettings, store: Store) -> None:
+    url = await _queue_url(client, settings)
+    publisher = Publisher(
+        store, client, url, fifo=settings.fifo, retry_delays=settings.retry_delays
+    )
+    store.on_outcome = publisher.wake
+    log.info("publishing outcomes to %s", url)
+    await publisher.run()
+
+
+async def _queue_url(client: Any, settings: QueueSettings) -> str:
+    """The queue's URL, asked for again with back-off while SQS cannot be reached."""
+    for attempt in itertools.count():
+        try:
+            return await resolve_queue_url(client, settings)
+        except Exception as exc:
+            if not is_transient(exc) and not isinstance(exc, QueueError):
+                raise
+            delay = settings.retry_delays[min(attempt, len(settings.retry_delays) - 1)]
+            log.warning("queue not reachable (%s); outcomes wait in the outbox", exc)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")

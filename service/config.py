@@ -79,6 +79,27 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    sms_per_phone: int = 5
+    sms_per_phone_window_seconds: float = 600.0
+    starts_per_key_per_minute: int = 600
+    sms_per_minute: int = 6000
+    #: Calling codes SMS may go to, e.g. ["1", "44"]; empty allows every country.
+    allowed_country_codes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    #: Finished verifications stay queryable this long, then are deleted.
+    keep_finished_seconds: float = 7 * 24 * 3600.0
+    #: The phone number is masked in finished verifications after this long.
+    redact_phone_after_seconds: float = 24 * 3600.0
+    #: Outcomes already delivered to the queue are deleted from the outbox after this long.
+    keep_sent_outcomes_seconds: float = 24 * 3600.0
+    sweep_interval_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -86,6 +107,8 @@ class Settings:
     sms: SmsSettings = field(default_factory=SmsSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
 
 #: Conventional variable names honoured when the VERIFY_* one is not set.

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 
 from service.codes import CodeBook
 from service.config import VerificationSettings
-from service.errors import NotFound, NotPending, SmsError, Unavailable, Unprocessable
+from service.errors import ConfigError, NotFound, NotPending, SmsError, Unavailable, Unprocessable
+from service.limits import Limits
 from service.models import Status, Verification
 from service.sms import SmsSender
 from service.store import Store
@@ -69,10 +70,13 @@ class Orchestrator:
         store: Store,
         sender: SmsSender,
         codes: CodeBook,
+        limits: Limits,
         settings: VerificationSettings,
         template: str,
         clock: Clock = time.time,
     ) -> None:
+        _check_template(template)
+        self._limits = limits
         self._store = store
         self._sender = sender
         self._codes = codes
@@ -91,7 +95,12 @@ class Orchestrator:
     # -- commands ---------------------------------------------------------------------------------
 
     async def start(
-        self, phone: str, reference: str | None, idempotency_key: str | None = None
+        self,
+        phone: str,
+        reference: str | None,
+        *,
+        caller: str = "-",
+        idempotency_key: str | None = None,
     ) -> tuple[Verification, bool]:
         """Start a verification, or resend the pending one for this phone; True if it is new.
 
@@ -101,6 +110,7 @@ class Orchestrator:
             existing = await self._store.by_idempotency_key(idempotency_key)
             if existing is not None:
                 return self._replayed(existing, phone, reference), False
+        self._limits.admit(phone, caller)
         pending = self._by_phone.get(phone)
         if pending is not None:
             resent = await self._command(pending, Command("resend", self._reply()))
@@ -315,6 +325,17 @@ def _refuse(command: Command, exc: BaseException) -> None:
         command.reply.set_exception(Unavailable("The service is stopping; try again shortly."))
     else:
         command.reply.set_exception(exc)
+
+
+def _check_template(template: str) -> None:
+    try:
+        text = template.format(code="0", expires_in="1 minute")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"Config 'sms.template' may use only {{code}} and {{expires_in}}: {exc!r}."
+        ) from None
+    if "0" not in text or "{code}" not in template:
+        raise ConfigError("Config 'sms.template' must contain {code}.")
 
 
 def _duration(seconds: float) -> str:

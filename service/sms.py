@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ from service.errors import ConfigError, SmsRejected, SmsUnavailable
 logger = logging.getLogger(__name__)
 
 SENDERS = ("twilio", "console", "auto")
+PHONE_NUMBER = re.compile(r"\+?\d{6,}")
 
 
 class SmsSender(Protocol):
@@ -186,7 +188,10 @@ def _classify(exc: TwilioRestException | TwilioServiceException) -> SmsRejected 
 
 def _message(exc: TwilioRestException | TwilioServiceException) -> str:
     if isinstance(exc, TwilioServiceException):
-        return str(exc.title)[:200]
-    # The SDK prefixes Twilio's own message, when there is one, with "Unable to create record: ".
-    _, _, twilio_says = str(exc.msg).partition(": ")
-    return (twilio_says or str(exc.msg))[:200]
+        text = str(exc.title)
+    else:
+        # The SDK prefixes Twilio's own message, if any, with "Unable to create record: ".
+        _, _, twilio_says = str(exc.msg).partition(": ")
+        text = twilio_says or str(exc.msg)
+    # Twilio quotes the number back; reasons are stored and logged, phone numbers should not be.
+    return PHONE_NUMBER.sub("<number>", text)[:200]

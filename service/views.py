@@ -22,7 +22,9 @@ async def start(request: web.Request) -> web.Response:
     key = validation.idempotency_key(request.headers.get("Idempotency-Key"))
     scoped_key = f"{request[api_key_id]}:{key}" if key is not None else None
     orchestrator = request.app[orchestrator_key]
-    v, created = await orchestrator.start(phone, reference, scoped_key)
+    v, created = await orchestrator.start(
+        phone, reference, caller=request[api_key_id], idempotency_key=scoped_key
+    )
     headers = {"Location": f"/verifications/{v.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true" if key is not None else "false"

@@ -84,7 +84,7 @@ async def test_bad_codes_are_refused_and_not_counted(client: Any, twilio: Twilio
     for body, status in [
         ('{"code": "12345"}', 422),
         ('{"code": "12345a"}', 422),
-        ('{"code": "１２３４５６"}', 422),
+        ('{"code": "\uff11\uff12\uff13\uff14\uff15\uff16"}', 422),
         ('{"code": 123456}', 400),
         ('{"code": "123456"', 400),
         ("{}", 400),

@@ -1,0 +1,96 @@
+"""Limits on starts: the defences against SMS pumping and runaway callers.
+
+Every start that would send an SMS passes `admit` first: the destination's country must be allowed,
+the number must not have had too many SMS lately (Twilio Verify's 5 in 10 minutes), the caller's
+API key must be under its rate, and the whole service under its SMS budget. The windows live in
+memory: a restart forgets them, which errs on the side of the people waiting for a code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from service.config import LimitSettings
+from service.errors import RateLimited, Unprocessable
+from service.validation import country_code
+
+Clock = Callable[[], float]
+
+
+class SlidingWindow:
+    """At most `limit` events per `window` seconds for each key."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._events: dict[str, deque[float]] = {}
+
+    def wait(self, key: str, now: float) -> float:
+        """Seconds until `key` may have another event; 0 if it may now."""
+        events = self._events.get(key)
+        if events is None:
+            return 0.0
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        if not events:
+            del self._events[key]
+            return 0.0
+        return 0.0 if len(events) < self.limit else events[0] + self.window - now
+
+    def add(self, key: str, now: float) -> None:
+        self._events.setdefault(key, deque(maxlen=self.limit)).append(now)
+
+    def sweep(self, now: float) -> None:
+        """Forget keys with no event in the window, so memory follows recent traffic only."""
+        for key in [k for k, e in self._events.items() if not e or e[-1] <= now - self.window]:
+            del self._events[key]
+
+
+class Limits:
+    def __init__(self, settings: LimitSettings, clock: Clock = time.time) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._countries = frozenset(settings.allowed_country_codes)
+        self._per_phone = SlidingWindow(
+            settings.sms_per_phone, settings.sms_per_phone_window_seconds
+        )
+        self._per_key = SlidingWindow(settings.starts_per_key_per_minute, 60.0)
+        self._budget = SlidingWindow(settings.sms_per_minute, 60.0)
+        self._last_sweep = clock()
+        #: Called with the reason of every refusal (metrics).
+        self.on_refused: Callable[[str], None] = lambda reason: None
+
+    def admit(self, phone: str, caller: str) -> None:
+        """Count one SMS to `phone` for `caller`, or raise without counting anything."""
+        now = self._clock()
+        self._sweep(now)
+        if self._countries and country_code(phone) not in self._countries:
+            self._refuse("country_not_allowed")
+            raise Unprocessable(
+                f"SMS to country code +{country_code(phone)} is not enabled.",
+                code="country_not_allowed",
+            )
+        checks = (
+            (self._per_phone, phone, "rate_limited_phone", "Too many codes sent to this number."),
+            (self._per_key, caller, "rate_limited_key", "Too many starts for this API key."),
+            (self._budget, "*", "sms_budget", "The service's SMS budget is spent for now."),
+        )
+        for window, key, reason, message in checks:
+            wait = window.wait(key, now)
+            if wait > 0:
+                self._refuse(reason)
+                raise RateLimited(message, retry_after=wait, code=reason)
+        for window, key, _, _ in checks:
+            window.add(key, now)
+
+    def _refuse(self, reason: str) -> None:
+        self.on_refused(reason)
+
+    def _sweep(self, now: float) -> None:
+        if now - self._last_sweep < 60:
+            return
+        self._last_sweep = now
+        for window in (self._per_phone, self._per_key, self._budget):
+            window.sweep(now)
