@@ -22,6 +22,7 @@ from service.limits import Limits
 from service.middlewares import authentication, errors
 from service.orchestrator import Orchestrator
 from service.recovery import recover
+from service.retention import keep_sweeping
 from service.routes import setup_routes
 from service.sms import create_sender
 from service.store import Store
@@ -66,10 +67,14 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     )
     app[store_key] = store
     app[orchestrator_key] = orchestrator
+    sweeper: asyncio.Task[None] | None = None
     try:
         await recover(store, orchestrator, time.time)
+        sweeper = asyncio.create_task(keep_sweeping(store, settings.retention, time.time))
         yield
     finally:
+        if sweeper is not None:
+            sweeper.cancel()
         await orchestrator.close(settings.server.shutdown_grace_seconds)
         await sender.close()
         await store.close()

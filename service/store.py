@@ -43,10 +43,15 @@ MIGRATIONS: tuple[str, ...] = (
         sms_sent_at REAL,
         sms_id TEXT,
         reason TEXT,
-        idempotency_key TEXT UNIQUE
+        idempotency_key TEXT UNIQUE,
+        phone_redacted INTEGER NOT NULL DEFAULT 0
     );
     -- Recovery reads only pending rows; a partial index keeps that cheap with millions finished.
     CREATE INDEX verifications_pending ON verifications (id) WHERE status = 'pending';
+    -- Retention walks finished rows by age; the second index forgets rows once masked.
+    CREATE INDEX verifications_finished ON verifications (completed_at) WHERE status != 'pending';
+    CREATE INDEX verifications_unredacted ON verifications (completed_at)
+        WHERE status != 'pending' AND phone_redacted = 0;
     CREATE TABLE outbox (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         -- UNIQUE: a verification has exactly one outcome, whatever retries happen above.
@@ -57,6 +62,7 @@ MIGRATIONS: tuple[str, ...] = (
         sent_at REAL
     );
     CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;
+    CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
     """,
 )
 
@@ -64,6 +70,28 @@ COLUMNS = (
     "id, phone, reference, status, salt, attempts_left, attempts, created_at, expires_at,"
     " completed_at, sms_sent_at, sms_id, reason, idempotency_key"
 )
+
+#: A purge works in chunks of this many rows, so it never holds the writer for long.
+PURGE_CHUNK = 1000
+PURGE_SENT_OUTCOMES = f"""
+    DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent_at < ? LIMIT {PURGE_CHUNK})
+"""
+PURGE_FINISHED = f"""
+    DELETE FROM verifications WHERE rowid IN (
+        SELECT rowid FROM verifications
+        WHERE status != 'pending' AND completed_at < ?
+          AND NOT EXISTS (SELECT 1 FROM outbox WHERE verification_id = verifications.id)
+        LIMIT {PURGE_CHUNK})
+"""
+# Keeps the first two and the last two digits: enough for support, too little to call.
+REDACT_PHONES = f"""
+    UPDATE verifications
+    SET phone = substr(phone, 1, 3) || '*****' || substr(phone, -2), phone_redacted = 1
+    WHERE rowid IN (
+        SELECT rowid FROM verifications
+        WHERE status != 'pending' AND phone_redacted = 0 AND completed_at < ?
+        LIMIT {PURGE_CHUNK})
+"""
 
 #: How many queued writes one transaction takes at most.
 MAX_BATCH = 512
@@ -189,6 +217,31 @@ class Store:
         )
         count, oldest = next(iter(rows))
         return int(count), oldest
+
+    # -- retention ------------------------------------------------------------------------------
+
+    async def purge(
+        self, *, finished_before: float, redact_before: float, sent_before: float
+    ) -> int:
+        """Delete old finished rows and delivered outcomes, mask old phone numbers; one chunk.
+
+        Returns how many rows it touched, so the caller can come back while there is more.
+        Outcomes not yet delivered are kept, and so is their verification; a delivered outcome
+        goes no later than its verification.
+        """
+
+        async def write(db: aiosqlite.Connection) -> int:
+            touched = 0
+            for sql, params in (
+                (PURGE_SENT_OUTCOMES, (min(sent_before, finished_before),)),
+                (PURGE_FINISHED, (finished_before,)),
+                (REDACT_PHONES, (redact_before,)),
+            ):
+                cursor = await db.execute(sql, params)
+                touched += max(cursor.rowcount, 0)
+            return touched
+
+        return await self._write(write)
 
     # -- the writer -------------------------------------------------------------------------------
 
