@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,7 +131,7 @@ class Receiver:
     async def _wait_out(self, exc: Exception) -> None:
         delay = self.retry_delays[min(self._failures, len(self.retry_delays) - 1)]
         self._failures += 1
-        log.warning("Cannot receive outcomes; retrying in %.1fs: %s", delay, exc)
+        log.warning("Cannot receive outcomes; retrying in %gs: %s", delay, exc)
         await asyncio.sleep(delay)
 
     async def delete(self, message: Message) -> None:
@@ -265,7 +265,7 @@ async def outcomes(
     wait_seconds: int = 20,
     visibility_timeout: int = 30,
     max_messages: int = 10,
-) -> AsyncIterator[Outcome]:
+) -> AsyncGenerator[Outcome, None]:
     """Outcomes one at a time, each deleted when the loop body finishes with it without raising.
 
     The acknowledgement happens when the loop asks for the next outcome. If the body raises or

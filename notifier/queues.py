@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 import aioboto3  # type: ignore[import-untyped]
 import aiohttp
@@ -70,8 +71,9 @@ async def sqs_client(settings: QueueSettings) -> AsyncIterator[SqsClient]:
     options: dict[str, Any] = {"region_name": settings.region, "config": client_config()}
     if settings.endpoint_url:
         options["endpoint_url"] = settings.endpoint_url
-        if not _credentials_in_environment():
-            # LocalStack accepts any key; real AWS never sees these, as the endpoint is local.
+        if _is_local(settings.endpoint_url) and not _credentials_in_environment():
+            # LocalStack takes any key. Only for a local endpoint: another one may be AWS itself
+            # (a VPC endpoint), where the instance's role must be found as usual.
             options["aws_access_key_id"] = "test"
             options["aws_secret_access_key"] = "test"
     async with aioboto3.Session().client("sqs", **options) as client:
@@ -87,6 +89,12 @@ def client_config() -> Config:
         retries={"total_max_attempts": 1},
         max_pool_connections=25,
     )
+
+
+def _is_local(endpoint_url: str) -> bool:
+    """Loopback, or a host named for LocalStack (its compose service, *.localstack.cloud)."""
+    host = urlsplit(endpoint_url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.") or "localstack" in host
 
 
 def _credentials_in_environment() -> bool:

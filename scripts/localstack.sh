@@ -28,6 +28,7 @@ die() {
 localstack_env() {
     local port=$1
     export SERVICES=sqs
+    # Its default (twisted) server uses only the port and listens on all interfaces.
     export GATEWAY_LISTEN="127.0.0.1:$port"
     # Load SQS at start-up, so the first request is not the slow one and health says "running".
     export EAGER_SERVICE_LOADING=1
@@ -41,6 +42,7 @@ localstack_env() {
     # and no analytics events; without outside network either would stall start-up or shutdown.
     export SKIP_SSL_CERT_DOWNLOAD=1
     export DISABLE_EVENTS=1
+    # CloudWatch is not running, so SQS has nowhere to report its metrics.
     export SQS_DISABLE_CLOUDWATCH_METRICS=1
 }
 
@@ -84,6 +86,15 @@ sys.exit(status not in ("available", "running"))
 EOF
 }
 
+port_free() {
+    "$VENV/bin/python" -c '
+import socket, sys
+with socket.socket() as sock:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", int(sys.argv[1])))
+' "$1" 2>/dev/null
+}
+
 running_pid() {
     [[ -f "$PID_FILE" ]] || return 1
     local pid
@@ -107,6 +118,8 @@ cmd_start() {
         return 0
     fi
     [[ -x "$VENV/bin/python" ]] || die "$VENV is missing; run: $0 install"
+    # LocalStack would start anyway, unable to listen, and never become healthy.
+    port_free "$port" || die "port $port is taken by something that is not LocalStack"
     mkdir -p "$STATE"
     (
         localstack_env "$port"
@@ -125,8 +138,8 @@ cmd_wait() {
             [[ -f "$LOG" ]] && tail -n 40 "$LOG" >&2
             exit 1
         fi
-        if [[ -f "$PID_FILE" ]] && ! running_pid >/dev/null; then
-            echo "LocalStack exited before it was ready" >&2
+        if [[ -f "$PID_FILE" ]] && ! running_pid >/dev/null || grep -qs CannotListenError "$LOG"; then
+            echo "LocalStack exited, or could not listen, before it was ready" >&2
             [[ -f "$LOG" ]] && tail -n 40 "$LOG" >&2
             exit 1
         fi

@@ -19,6 +19,7 @@ from service.codes import CodeBook, load_secret
 from service.config import Settings
 from service.errors import ConfigError
 from service.limits import Limits
+from service.metrics import Metrics, metrics_key, metrics_middleware
 from service.middlewares import authentication, errors
 from service.orchestrator import Orchestrator
 from service.recovery import recover
@@ -34,11 +35,13 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> web.Application:
     """Build the app; the database, SMS sender and orchestrator open when it starts."""
     check_access(settings)
+    metrics = Metrics()
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[errors, authentication(settings.auth.api_keys)],
+        middlewares=[metrics_middleware(metrics), errors, authentication(settings.auth.api_keys)],
     )
     app[settings_key] = settings
+    app[metrics_key] = metrics
     app.cleanup_ctx.append(_domain)
     app.cleanup_ctx.append(_outcomes)
     setup_routes(app)
@@ -66,6 +69,13 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
         store, sender, codes, limits, settings.verification, settings.sms.template, clock=time.time
     )
     app[store_key] = store
+    metrics = app[metrics_key]
+    metrics.watch_pending(lambda: orchestrator.pending_count)
+    orchestrator.on_started = metrics.started
+    orchestrator.on_finished = metrics.finished
+    orchestrator.on_sms_sent = metrics.sms_sent
+    orchestrator.on_sms_failed = metrics.sms_failed
+    limits.on_refused = metrics.refused
     app[orchestrator_key] = orchestrator
     sweeper: asyncio.Task[None] | None = None
     try:

@@ -33,3 +33,5 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     # Access lines would repeat ids in URLs at a rate no one reads; errors are logged anyway.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # The twilio SDK logs every request's headers at INFO: a dozen lines per SMS, no news.
+    logging.getLogger("twilio").setLevel(logging.WARNING)

@@ -87,6 +87,11 @@ class Orchestrator:
         self._by_phone: dict[str, Run] = {}
         #: Called with each verification that reached a final status (metrics).
         self.on_finished: Callable[[Verification], None] = lambda v: None
+        #: Called with each verification just started, not with resends or replays (metrics).
+        self.on_started: Callable[[Verification], None] = lambda v: None
+        #: Called after each SMS the provider took, and each that could not be sent (metrics).
+        self.on_sms_sent: Callable[[], None] = lambda: None
+        self.on_sms_failed: Callable[[], None] = lambda: None
 
     @property
     def pending_count(self) -> int:
@@ -132,6 +137,7 @@ class Orchestrator:
         holder = await self._store.insert(v)
         if holder is not None:  # the same key raced in from another request
             return self._replayed(holder, phone, reference), False
+        self.on_started(v)
         return self.resume(v).verification, True
 
     async def submit_code(self, verification_id: str, code: str) -> Verification:
@@ -242,8 +248,10 @@ class Orchestrator:
             sms_id = await self._sender.send(v.phone, body)
         except SmsError as exc:
             log.warning("sms failed", extra={"verification_id": v.id, "reason": exc.reason})
+            self.on_sms_failed()
             await self._finish(run, Status.FAILED, reason=exc.reason)
             return False
+        self.on_sms_sent()
         sent = replace(v, sms_id=sms_id, sms_sent_at=self._clock())
         await self._store.sms_sent(sent)
         run.verification = replace(
@@ -252,10 +260,23 @@ class Orchestrator:
         return True
 
     async def _finish(
-        self, run: Run, status: Status, *, reason: str | None = None, **changes: int
+        self,
+        run: Run,
+        status: Status,
+        *,
+        reason: str | None = None,
+        attempts: int | None = None,
+        attempts_left: int | None = None,
     ) -> None:
         v = run.verification
-        final = replace(v, status=status, reason=reason, completed_at=self._clock(), **changes)
+        final = replace(
+            v,
+            status=status,
+            reason=reason,
+            completed_at=self._clock(),
+            attempts=v.attempts if attempts is None else attempts,
+            attempts_left=v.attempts_left if attempts_left is None else attempts_left,
+        )
         # The new state is only adopted once committed: memory never runs ahead of the disk.
         await self._store.finish([final])
         run.verification = final

@@ -39,11 +39,22 @@ def reference(raw: Any, max_length: int) -> str | None:
         return None
     if not isinstance(raw, str):
         raise BadRequest("'reference' must be a string.", code="invalid_type")
+    if not _encodable(raw):
+        raise Unprocessable("'reference' must be valid Unicode text.", code="invalid_reference")
     if len(raw) > max_length:
         raise Unprocessable(
             f"'reference' must be at most {max_length} characters.", code="invalid_reference"
         )
     return raw
+
+
+def _encodable(text: str) -> bool:
+    """False for lone surrogates, which JSON can carry but UTF-8 (and SQLite) cannot."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def code(raw: Any, length: int) -> str:

@@ -67,7 +67,7 @@ async def _json_object(request: web.Request, allowed: set[str]) -> dict[str, Any
     raw = await request.read()
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise BadRequest("The body is not valid JSON.", code="malformed_json") from None
     if not isinstance(body, dict):
         raise BadRequest("The body must be a JSON object.", code="not_an_object")

@@ -121,14 +121,19 @@ def _run_localstack(state: Path) -> Iterator[str]:
 def _wait_until_healthy(endpoint: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while not healthy(endpoint):
-        if process.poll() is not None or time.monotonic() > deadline:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-            state = f"exited with {process.returncode}" if process.returncode is not None else ""
-            pytest.fail(
-                f"LocalStack on {endpoint} did not get ready {state or 'in time'}:\n{tail}",
-                pytrace=False,
-            )
-        time.sleep(0.2)
+        output = log.read_text(errors="replace")
+        # Unable to listen, LocalStack still says "Ready." and runs on, never healthy.
+        if process.poll() is not None or "CannotListenError" in output:
+            problem = "it exited or could not listen"
+        elif time.monotonic() > deadline:
+            problem = f"not within {START_TIMEOUT:g} s"
+        else:
+            time.sleep(0.2)
+            continue
+        tail = "\n".join(output.splitlines()[-40:])
+        pytest.fail(
+            f"LocalStack on {endpoint} did not get ready: {problem}.\n{tail}", pytrace=False
+        )
 
 
 @pytest.fixture

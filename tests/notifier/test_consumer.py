@@ -2,7 +2,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -39,6 +39,33 @@ async def consuming(consumer: Consumer) -> AsyncIterator[asyncio.Task[None]]:
     finally:
         consumer.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def counts(client: SqsClient, url: str) -> tuple[int, int]:
+    """Messages visible, and received but not yet visible again."""
+    response = await client.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    attributes = response["Attributes"]
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result if isinstance(result, bool) else await result:
+            return
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def depth(client: SqsClient, settings: QueueSettings, expected: int) -> bool:
+    return await queue_depth(client, settings.url) == expected
 
 
 async def dead_letters(client: SqsClient, settings: QueueSettings) -> str:
@@ -97,15 +124,14 @@ async def test_slow_handler_keeps_its_outcome_from_other_consumers(
         nonlocal calls
         calls += 1
         started.set()
-        await asyncio.sleep(3.5)  # well past the 1 s visibility timeout
+        await asyncio.sleep(2.2)  # well past the 1 s visibility timeout
 
     consumer = Consumer(sqs_client, queue_settings.url, slow, wait_seconds=1, visibility_timeout=1)
     async with consuming(consumer):
         await asyncio.wait_for(started.wait(), 10)
-        stolen = await receive_all(sqs_client, queue_settings.url, 1, seconds=3, delete=False)
+        stolen = await receive_all(sqs_client, queue_settings.url, 1, seconds=1.8, delete=False)
         assert stolen == []
-        while calls and await queue_depth(sqs_client, queue_settings.url):
-            await asyncio.sleep(0.1)
+        await eventually(lambda: depth(sqs_client, queue_settings, 0))
 
     assert calls == 1
 
@@ -125,11 +151,8 @@ async def test_a_batch_is_handled_concurrently(
         handled += 1
 
     async with consuming(Consumer(sqs_client, queue_settings.url, handle, wait_seconds=1)):
-        deadline = time.monotonic() + 10
-        while handled < 5 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await eventually(lambda: handled == 5)
 
-    assert handled == 5
     assert peak > 1
 
 
@@ -208,8 +231,7 @@ async def test_outcomes_are_acknowledged_when_the_loop_body_completes(
                     raise RuntimeError("the third one fails")
 
     # The two that completed are gone; the failed one is held until its visibility timeout.
-    assert await queue_depth(sqs_client, queue_settings.url) == 1
-    assert await receive_all(sqs_client, queue_settings.url, 1, seconds=1, delete=False) == []
+    assert await counts(sqs_client, queue_settings.url) == (0, 1)
 
 
 async def test_leaving_the_loop_releases_the_outcomes_not_yet_tried(
@@ -219,11 +241,11 @@ async def test_leaving_the_loop_releases_the_outcomes_not_yet_tried(
 
     stream = outcomes(sqs_client, queue_settings.url, wait_seconds=1, visibility_timeout=30)
     async with contextlib.aclosing(stream):
-        async for first in stream:
+        async for outcome in stream:
+            first = outcome
             break
 
     # Received in one batch: the untried ones are visible again at once; the first one is not.
-    released = await receive_all(sqs_client, queue_settings.url, 3, seconds=2)
-    ids = {json.loads(m["Body"])["id"] for m in released}
-    assert first.id not in ids
-    assert len(ids) == 2
+    assert await counts(sqs_client, queue_settings.url) == (2, 1)
+    released = await receive_all(sqs_client, queue_settings.url, 2)
+    assert first.id not in {json.loads(m["Body"])["id"] for m in released}

@@ -82,23 +82,36 @@ async def test_configured_url_is_used_as_is() -> None:
     assert await resolve_queue_url(None, settings) == settings.url
 
 
-async def test_client_for_an_endpoint_works_without_credentials(
-    localstack_endpoint: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.usefixtures("no_aws_credentials")
+async def test_client_for_a_local_endpoint_works_without_credentials(
+    localstack_endpoint: str,
 ) -> None:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
     settings = QueueSettings(endpoint_url=localstack_endpoint, region=REGION)
     async with sqs_client(settings) as client:
         await client.list_queues()
 
 
-async def test_client_without_endpoint_follows_aws_endpoint_url(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Keep the credential chain off the network and out of the developer's ~/.aws.
+@pytest.fixture
+def no_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing for the credential chain to find, and no instance metadata service to ask."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+
+
+@pytest.mark.usefixtures("no_aws_credentials")
+async def test_client_for_a_remote_endpoint_invents_no_credentials() -> None:
+    settings = QueueSettings(endpoint_url="https://vpce-1.sqs.eu-west-1.vpce.amazonaws.com")
+    async with sqs_client(settings) as client:
+        assert client._get_credentials() is None  # botocore's own view of what it signs with
+
+
+@pytest.mark.usefixtures("no_aws_credentials")
+async def test_client_without_endpoint_follows_aws_endpoint_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("AWS_ENDPOINT_URL_SQS", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     async with sqs_client(QueueSettings(region="eu-west-1")) as client:

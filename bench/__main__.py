@@ -1,0 +1,191 @@
+"""`python -m bench [throughput|waiting|push-vs-poll|report] [options]`; no command runs all three.
+
+    python -m bench                                   all three at their default sizes
+    python -m bench throughput --n 2000 --concurrency 64 [--profile]
+    python -m bench waiting --m 100000                (--m 1000000: the stretch goal)
+    python -m bench push-vs-poll --k 300 --intervals 1000 200
+    python -m bench report                            BENCHMARKS.md's tables from bench/results/
+
+LocalStack is started on a free port and stopped at the end, unless LOCALSTACK_ENDPOINT names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench import machine, push_vs_poll, report, throughput, waiting
+from bench.stack import LocalStack, localstack, log
+
+Measure = Callable[[Any, LocalStack], Awaitable[dict[str, Any]]]
+
+BENCHMARKS: dict[str, tuple[Measure, report.Renderer]] = {
+    throughput.NAME: (throughput.measure, throughput.render),
+    waiting.NAME: (waiting.measure, waiting.render),
+    push_vs_poll.NAME: (push_vs_poll.measure, push_vs_poll.render),
+}
+#: What a whole run of all three may take before it is stopped, whatever it is doing.
+TIME_LIMIT_SECONDS = 45 * 60
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        help=f"seconds before giving up (default {TIME_LIMIT_SECONDS}, more for a large --m)",
+    )
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("all", help="all three, at their default sizes (the default)")
+
+    t = commands.add_parser("throughput", help=throughput.__doc__.splitlines()[0])
+    t.add_argument("--n", type=int, default=throughput.Options.n, help="verifications")
+    t.add_argument("--concurrency", type=int, default=throughput.Options.concurrency)
+    t.add_argument(
+        "--half-n",
+        type=int,
+        default=throughput.Options.half_n,
+        help="verifications in the half-load run (0: skip it)",
+    )
+    t.add_argument(
+        "--half-rate",
+        type=float,
+        default=throughput.Options.half_rate,
+        help="arrivals/s of the half-load run (default: half the saturation rate)",
+    )
+    t.add_argument("--warmup", type=int, default=throughput.Options.warmup)
+    t.add_argument(
+        "--receivers",
+        type=int,
+        default=throughput.Options.receivers,
+        help="concurrent SQS long polls",
+    )
+    t.add_argument("--profile", action="store_true", help="add a run with py-spy attached")
+
+    w = commands.add_parser("waiting", help=waiting.__doc__.splitlines()[0])
+    w.add_argument("--m", type=int, default=waiting.Options.m, help="pending verifications")
+    w.add_argument("--concurrency", type=int, default=waiting.Options.concurrency)
+    w.add_argument(
+        "--expiring",
+        type=int,
+        default=waiting.Options.expiring,
+        help="verifications whose deadline passes during the outage",
+    )
+    w.add_argument(
+        "--sample",
+        type=int,
+        default=waiting.Options.sample,
+        help="pending verifications approved after the restart",
+    )
+    w.add_argument("--idle-seconds", type=float, default=waiting.Options.idle_seconds)
+    w.add_argument(
+        "--profile", action="store_true", help="py-spy on the restarted service while it recovers"
+    )
+
+    p = commands.add_parser("push-vs-poll", help=push_vs_poll.__doc__.splitlines()[0])
+    p.add_argument(
+        "--k",
+        type=int,
+        default=push_vs_poll.Options.k,
+        help="verifications per way of learning the outcome",
+    )
+    p.add_argument(
+        "--intervals",
+        type=int,
+        nargs="+",
+        default=list(push_vs_poll.Options.intervals),
+        help="polling intervals in ms",
+    )
+    p.add_argument("--concurrency", type=int, default=push_vs_poll.Options.concurrency)
+    p.add_argument(
+        "--receivers",
+        type=int,
+        default=push_vs_poll.Options.receivers,
+        help="concurrent SQS long polls",
+    )
+
+    commands.add_parser("report", help="rewrite BENCHMARKS.md's tables from bench/results/")
+    return parser.parse_args(argv)
+
+
+def options_of(name: str, args: argparse.Namespace | None) -> Any:
+    """The benchmark's options from its sub-command's flags; its defaults when run from `all`."""
+    cls = {
+        throughput.NAME: throughput.Options,
+        waiting.NAME: waiting.Options,
+        push_vs_poll.NAME: push_vs_poll.Options,
+    }[name]
+    if args is None:
+        return cls()
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if "intervals" in given:
+        given["intervals"] = tuple(given["intervals"])
+    return cls(**given)
+
+
+async def run(names: list[str], args: argparse.Namespace | None, command: str) -> None:
+    # Driver-side clients reach LocalStack only; these keep botocore from looking for real ones.
+    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    with tempfile.TemporaryDirectory(prefix="bench-localstack-") as state:
+        async with localstack(Path(state)) as sqs_server:
+            for name in names:
+                measure, render = BENCHMARKS[name]
+                log(f"benchmark {name}")
+                described = machine.describe()
+                results = await measure(options_of(name, args), sqs_server)
+                result = report.record(name, command, described, results)
+                path = report.save(result)
+                print(f"\n## {name}\n\n{render(result)}\n", flush=True)
+                if results.get("profile"):
+                    print(report.profile_section(load_profile(name)) + "\n", flush=True)
+                print(json.dumps(result, separators=(",", ":")), flush=True)
+                log(f"wrote {path}")
+                refilled = report.update_markdown({n: r for n, (_, r) in BENCHMARKS.items()})
+                if refilled:
+                    log(f"BENCHMARKS.md tables refilled: {', '.join(refilled)}")
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    profiles = report.load("profiles")
+    assert profiles is not None
+    return dict(profiles[name])
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    command = shlex.join(["python", "-m", "bench", *argv])
+    if args.command == "report":
+        refilled = report.update_markdown({n: r for n, (_, r) in BENCHMARKS.items()})
+        print(f"BENCHMARKS.md tables refilled: {', '.join(refilled) or 'none'}")
+        return
+    if args.command in (None, "all"):
+        names, options = list(BENCHMARKS), None
+    else:
+        names, options = [args.command.replace("-", "_")], args
+    # Starting pending verifications is the one step that grows a lot with a flag: 700/s here.
+    limit = args.time_limit or TIME_LIMIT_SECONDS + getattr(args, "m", 0) / 200
+    try:
+        asyncio.run(asyncio.wait_for(run(names, options, command), limit))
+    except TimeoutError:
+        sys.exit(f"bench: stopped after the time limit of {limit:g} s")
+    except KeyboardInterrupt:
+        sys.exit("bench: interrupted")
+
+
+if __name__ == "__main__":
+    main()
