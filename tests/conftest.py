@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
-from service.config import Secret, Settings, settings_from
+from service.config import Settings, settings_from
 from tests.twilio_server import TwilioServer
 
 pytest_plugins = ["tests.localstack"]
@@ -99,11 +98,6 @@ async def submit(
     return r.status, await r.json()
 
 
-def secret(value: str) -> Secret:
-    return Secret(value)
-
-
-def replace_section(settings: Settings, section: str, **values: Any) -> Settings:
-    return dataclasses.replace(
-        settings, **{section: dataclasses.replace(getattr(settings, section), **values)}
-    )
+def wrong(code: str) -> str:
+    """A code of the same form that is certainly not `code`."""
+    return f"{(int(code) + 1) % 10 ** len(code):0{len(code)}d}"

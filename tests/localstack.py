@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import re
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,6 +34,7 @@ import pytest
 from notifier import queues
 from notifier.queues import SqsClient, dead_letter_name, resolve_queue_url
 from notifier.settings import QueueSettings
+from tests.service_process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCALSTACK_PYTHON = ROOT / ".venv-localstack" / "bin" / "python"
@@ -61,13 +61,6 @@ def healthy(endpoint: str) -> bool:
     except (OSError, ValueError, KeyError):
         return False
     return status in ("available", "running")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")

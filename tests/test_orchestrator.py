@@ -6,14 +6,10 @@ import asyncio
 import sqlite3
 from typing import Any
 
-from tests.conftest import AUTH, MakeClient, MakeSettings, start, submit
+from tests.conftest import AUTH, MakeClient, MakeSettings, start, submit, wrong
 from tests.twilio_server import TwilioServer
 
 PHONE = "+14155550100"
-
-
-def wrong(code: str) -> str:
-    return f"{(int(code) + 1) % 10 ** len(code):0{len(code)}d}"
 
 
 def outbox(db_path: str) -> list[tuple[str, str]]:

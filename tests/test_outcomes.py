@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 
 from notifier.settings import QueueSettings
-from tests.conftest import API_KEY, AUTH, MakeClient, MakeSettings, start, submit
+from tests.conftest import API_KEY, AUTH, MakeClient, MakeSettings, start, submit, wrong
 from tests.localstack import TcpProxy, fresh_queue, receive_all
-from tests.service_process import ServiceProcess, request
+from tests.service_process import ServiceProcess, free_port, request
 from tests.twilio_server import TwilioServer
 
 
@@ -29,10 +29,6 @@ def queue_section(settings: QueueSettings, endpoint: str | None = None) -> dict[
         "region": settings.region,
         "retry_delays": [0.05, 0.1, 0.2],
     }
-
-
-def wrong(code: str) -> str:
-    return f"{(int(code) + 1) % 10 ** len(code):06d}"
 
 
 async def finish_one_of_each(client: Any, twilio: TwilioServer) -> dict[str, str]:
@@ -169,7 +165,7 @@ async def test_unsent_outcomes_survive_sigkill(
     queue_settings: QueueSettings,
     twilio: TwilioServer,
 ) -> None:
-    dead = f"http://127.0.0.1:{_unused_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     down = ServiceProcess(
         {**service_env, "VERIFY_QUEUE_URL": queue_settings.url, "VERIFY_QUEUE_ENDPOINT_URL": dead},
         tmp_path / "service.log",
@@ -209,9 +205,3 @@ async def test_unsent_outcomes_survive_sigkill(
 
     assert sorted(json.loads(m["Body"])["id"] for m in messages) == sorted(ids), up.logs()
     assert all(json.loads(m["Body"])["status"] == "approved" for m in messages)
-
-
-def _unused_port() -> int:
-    from tests.service_process import free_port
-
-    return free_port()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pytest
 from service.config import Secret, SmsSettings
 from service.errors import SmsRejected
 from service.sms import TwilioSender
+from tests.service_process import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO.parent / "shared/twilio/twilio_api_v2010.json"
@@ -36,13 +36,6 @@ PRISM = REPO / ".tools/prism/node_modules/.bin/prism"
 ACCOUNT_SID = "AC" + "a" * 32
 SERVICE_SID = "MG" + "a" * 32
 TO = "+14155550123"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until_answering(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
