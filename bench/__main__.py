@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from bench import machine, push_vs_poll, report, throughput, waiting
 from bench.stack import LocalStack, localstack, log
 
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     # Starting pending verifications is the one step that grows a lot with a flag: 700/s here.
     limit = args.time_limit or TIME_LIMIT_SECONDS + getattr(args, "m", 0) / 200
     try:
-        asyncio.run(asyncio.wait_for(run(names, options, command), limit))
+        # uvloop in the driver too: the load process shares the 2 cores with the service.
+        uvloop.run(asyncio.wait_for(run(names, options, command), limit))
     except TimeoutError:
         sys.exit(f"bench: stopped after the time limit of {limit:g} s")
     except KeyboardInterrupt:

@@ -56,24 +56,23 @@ def log(message: str) -> None:
 
 
 async def _run_script(*args: str, env: dict[str, str], timeout: float) -> None:  # noqa: ASYNC109
-    process = await asyncio.create_subprocess_exec(
-        str(LOCALSTACK_SCRIPT),
-        *args,
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise TimeoutError(
-            f"scripts/localstack.sh {' '.join(args)} took over {timeout:g} s"
-        ) from None
-    if process.returncode != 0:
-        raise RuntimeError(f"scripts/localstack.sh {' '.join(args)} failed:\n{out.decode()}")
+    # Output to a file, not a pipe: the LocalStack it starts would hold a pipe open for its life.
+    with tempfile.TemporaryFile() as out:
+        process = await asyncio.create_subprocess_exec(
+            str(LOCALSTACK_SCRIPT), *args, env=env, cwd=ROOT, stdout=out, stderr=out
+        )
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise TimeoutError(
+                f"scripts/localstack.sh {' '.join(args)} took over {timeout:g} s"
+            ) from None
+        if process.returncode != 0:
+            out.seek(0)
+            output = out.read().decode(errors="replace")
+            raise RuntimeError(f"scripts/localstack.sh {' '.join(args)} failed:\n{output}")
 
 
 @dataclass(frozen=True)

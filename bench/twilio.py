@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import signal
 
+import uvloop
 from aiohttp import web
 
 from tests.twilio_server import TwilioServer
@@ -57,7 +58,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port))
+    uvloop.run(serve(args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(path)
         app = create_app(settings)
+        loop = new_event_loop(settings.server.event_loop)
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         sys.exit(2)
@@ -42,7 +44,18 @@ def main(argv: list[str] | None = None) -> None:
         shutdown_timeout=server.shutdown_grace_seconds,
         print=None,
         access_log=None,
+        loop=loop,
     )
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "asyncio":
+        return asyncio.new_event_loop()
+    if kind == "uvloop":
+        import uvloop  # only here: the library and the tests run on any loop
+
+        return uvloop.new_event_loop()
+    raise ConfigError(f"Config 'server.event_loop' must be 'uvloop' or 'asyncio', not {kind!r}.")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ class ServerSettings:
     port: int = 8080
     max_body_bytes: int = 16 * 1024
     shutdown_grace_seconds: float = 5.0
+    #: "uvloop" (libuv: about a quarter less CPU per request) or "asyncio" (the standard loop).
+    event_loop: str = "uvloop"
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,20 @@
 """The SQLite store: verifications, their transitions, and the outbox of outcomes.
 
-Writes go through one writer task that commits whatever has queued up meanwhile in a single
+Writes go through one writer thread that commits whatever has queued up meanwhile in a single
 transaction (group commit): every caller is answered only after its write is on disk, yet a
-burst of transitions costs one fsync, not one each. Reads use a second connection, which WAL
-lets run beside the writer.
+burst of transitions costs one fsync, and one trip to the thread, not one each. Reads use a
+second connection (aiosqlite), which WAL lets run beside the writer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -24,7 +25,10 @@ from service.models import Status, Verification, rfc3339
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Write = Callable[[aiosqlite.Connection], Awaitable[T]]
+#: A write runs on the writer thread, inside the batch's transaction.
+Write = Callable[[sqlite3.Connection], T]
+#: What a write came to: its result, or the exception that rolled it back.
+Outcome = tuple[bool, Any]
 
 #: Ordered migrations; the database records how many it has applied.
 MIGRATIONS: tuple[str, ...] = (
@@ -100,8 +104,11 @@ MAX_BATCH = 512
 class Store:
     """Durable state. Open with `await Store.open(path)`; close with `await store.close()`."""
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self, writer: sqlite3.Connection, thread: ThreadPoolExecutor, reader: aiosqlite.Connection
+    ) -> None:
         self._writer = writer
+        self._thread = thread
         self._reader = reader
         self._queue: asyncio.Queue[tuple[Write[Any], asyncio.Future[Any]]] = asyncio.Queue()
         self._task = asyncio.create_task(self._write_loop(), name="store-writer")
@@ -110,10 +117,17 @@ class Store:
 
     @classmethod
     async def open(cls, path: str, *, synchronous: str = "FULL") -> Store:
-        writer = await _connect(path, synchronous)
-        await _migrate(writer)
-        reader = await _connect(path, synchronous)
-        return cls(writer, reader)
+        # One thread owns the writing connection for its whole life: sqlite3 objects stay on it.
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        loop = asyncio.get_running_loop()
+        try:
+            writer = await loop.run_in_executor(thread, _open_writer, path, synchronous)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            await reader.execute("PRAGMA busy_timeout = 5000")
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        return cls(writer, thread, reader)
 
     async def close(self) -> None:
         """Commit what is queued, then close both connections."""
@@ -122,22 +136,27 @@ class Store:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         await self._reader.close()
-        await self._writer.close()
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
+        self._thread.shutdown(wait=True)
 
     # -- verifications -------------------------------------------------------------------------
 
     async def insert(self, v: Verification) -> Verification | None:
         """Record a new verification; if its idempotency key is taken, return the holder instead."""
 
-        async def write(db: aiosqlite.Connection) -> Verification | None:
-            cursor = await db.execute(
+        def write(db: sqlite3.Connection) -> Verification | None:
+            cursor = db.execute(
                 f"INSERT INTO verifications ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (idempotency_key) DO NOTHING",
                 _row(v),
             )
             if cursor.rowcount == 1:
                 return None
-            return await _select_one(db, "idempotency_key = ?", v.idempotency_key)
+            row = db.execute(
+                f"SELECT {COLUMNS} FROM verifications WHERE idempotency_key = ?",
+                (v.idempotency_key,),
+            ).fetchone()
+            return _verification(row)
 
         return await self._write(write)
 
@@ -171,8 +190,8 @@ class Store:
     async def finish(self, finished: Sequence[Verification]) -> None:
         """Write final states and their outbox records in one transaction."""
 
-        async def write(db: aiosqlite.Connection) -> None:
-            await db.executemany(
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "UPDATE verifications SET status = ?, attempts_left = ?, attempts = ?,"
                 " completed_at = ?, reason = ? WHERE id = ? AND status = 'pending'",
                 [
@@ -181,7 +200,7 @@ class Store:
                 ],
             )
             now = time.time()
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO outbox (verification_id, status, body, created_at) VALUES (?,?,?,?)"
                 " ON CONFLICT (verification_id) DO NOTHING",
                 [(v.id, v.status.value, _outcome(v), now) for v in finished],
@@ -203,10 +222,8 @@ class Store:
     async def mark_sent(self, seqs: Sequence[int]) -> None:
         now = time.time()
 
-        async def write(db: aiosqlite.Connection) -> None:
-            await db.executemany(
-                "UPDATE outbox SET sent_at = ? WHERE seq = ?", [(now, s) for s in seqs]
-            )
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("UPDATE outbox SET sent_at = ? WHERE seq = ?", [(now, s) for s in seqs])
 
         await self._write(write)
 
@@ -230,24 +247,23 @@ class Store:
         goes no later than its verification.
         """
 
-        async def write(db: aiosqlite.Connection) -> int:
+        def write(db: sqlite3.Connection) -> int:
             touched = 0
             for sql, params in (
                 (PURGE_SENT_OUTCOMES, (min(sent_before, finished_before),)),
                 (PURGE_FINISHED, (finished_before,)),
                 (REDACT_PHONES, (redact_before,)),
             ):
-                cursor = await db.execute(sql, params)
-                touched += max(cursor.rowcount, 0)
+                touched += max(db.execute(sql, params).rowcount, 0)
             return touched
 
         return await self._write(write)
 
     # -- the writer -------------------------------------------------------------------------------
 
-    async def _execute(self, sql: str, params: Iterable[Any]) -> None:
-        async def write(db: aiosqlite.Connection) -> None:
-            await db.execute(sql, tuple(params))
+    async def _execute(self, sql: str, params: tuple[Any, ...]) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(sql, params)
 
         await self._write(write)
 
@@ -258,66 +274,96 @@ class Store:
         return await asyncio.shield(future)
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._commit(batch)
-            except Exception:
-                # One bad write must not sink the others that shared its transaction.
-                for item in batch:
-                    await self._commit_alone(item)
+                outcomes = await loop.run_in_executor(
+                    self._thread, _commit_batch, self._writer, [write for write, _ in batch]
+                )
+                _settle(batch, outcomes)
+            except BaseException:
+                # Cancelled or the thread is gone: nobody may wait forever for an answer.
+                for _, future in batch:
+                    future.cancel()
+                raise
             finally:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _commit(self, batch: list[tuple[Write[Any], asyncio.Future[Any]]]) -> None:
-        # IMMEDIATE takes the write lock up front, so the transaction never fails half-way on it.
-        await self._writer.execute("BEGIN IMMEDIATE")
-        try:
-            results = [await write(self._writer) for write, _ in batch]
-            await self._writer.commit()
-        except BaseException:
-            await self._writer.rollback()
-            raise
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
 
-    async def _commit_alone(self, item: tuple[Write[Any], asyncio.Future[Any]]) -> None:
-        try:
-            await self._commit([item])
-        except Exception as exc:
-            log.exception("write failed and was rolled back")
-            if not item[1].done():
-                item[1].set_exception(exc)
+def _settle(batch: list[tuple[Write[Any], asyncio.Future[Any]]], outcomes: list[Outcome]) -> None:
+    for (_, future), (ok, result) in zip(batch, outcomes, strict=True):
+        if future.done():
+            continue
+        if ok:
+            future.set_result(result)
+        else:
+            log.error("write failed and was rolled back", exc_info=result)
+            future.set_exception(result)
 
 
-async def _connect(path: str, synchronous: str) -> aiosqlite.Connection:
+# -- the writer thread ----------------------------------------------------------------------------
+
+
+def _commit_batch(db: sqlite3.Connection, writes: list[Write[Any]]) -> list[Outcome]:
+    """Commit the writes in one transaction; if that fails, each in its own."""
+    try:
+        return [(True, result) for result in _transaction(db, writes)]
+    except Exception:
+        # One bad write must not sink the others that shared its transaction.
+        return [_commit_alone(db, write) for write in writes]
+
+
+def _commit_alone(db: sqlite3.Connection, write: Write[Any]) -> Outcome:
+    try:
+        return True, _transaction(db, [write])[0]
+    except Exception as exc:
+        return False, exc
+
+
+def _transaction(db: sqlite3.Connection, writes: list[Write[Any]]) -> list[Any]:
+    # IMMEDIATE takes the write lock up front, so the transaction never fails half-way on it.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        results = [write(db) for write in writes]
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _open_writer(path: str, synchronous: str) -> sqlite3.Connection:
     # isolation_level=None: transactions are begun explicitly, as IMMEDIATE, by the writer.
-    db = await aiosqlite.connect(path, isolation_level=None)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     # WAL: readers never block the writer, and a commit is one append to the log.
-    await db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA journal_mode = WAL")
     # FULL syncs the log on every commit, so an acknowledged transition survives power loss too.
-    await db.execute(f"PRAGMA synchronous = {synchronous}")
+    db.execute(f"PRAGMA synchronous = {synchronous}")
     # Another process holding the lock (a second instance by mistake) waits instead of failing.
-    await db.execute("PRAGMA busy_timeout = 5000")
-    await db.execute("PRAGMA foreign_keys = ON")
+    db.execute("PRAGMA busy_timeout = 5000")
+    db.execute("PRAGMA foreign_keys = ON")
+    _migrate(db)
     return db
 
 
-async def _migrate(db: aiosqlite.Connection) -> None:
-    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    rows = list(await db.execute_fetchall("SELECT version FROM schema_version"))
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    rows = db.execute("SELECT version FROM schema_version").fetchall()
     version = rows[0][0] if rows else 0
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        await db.execute("BEGIN IMMEDIATE")
-        for statement in _statements(script):
-            await db.execute(statement)
-        await db.execute("DELETE FROM schema_version")
-        await db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
-        await db.commit()
+
+        def migrate(db: sqlite3.Connection, script: str = script, number: int = number) -> None:
+            for statement in _statements(script):
+                db.execute(statement)
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+
+        _transaction(db, [migrate])
         log.info("database migrated to version %d", number)
 
 
@@ -334,7 +380,12 @@ async def _select_one(db: aiosqlite.Connection, where: str, value: Any) -> Verif
 
 
 def _row(v: Verification) -> tuple[Any, ...]:
-    return dataclasses.astuple(v)
+    # Spelled out: dataclasses.astuple deep-copies, and this runs for every start.
+    return (
+        v.id, v.phone, v.reference, v.status.value, v.salt, v.attempts_left, v.attempts,
+        v.created_at, v.expires_at, v.completed_at, v.sms_sent_at, v.sms_id, v.reason,
+        v.idempotency_key,
+    )  # fmt: skip
 
 
 def _verification(row: Any) -> Verification:
