@@ -124,7 +124,10 @@ class Publisher:
                 return
 
     async def _publish_some(self) -> bool:
-        """Send one read of the outbox; False when there was nothing left to send."""
+        """Send one read of the outbox; True when the read was full, so more may be waiting.
+
+        Records committed after the read are not missed: each commit wakes the publisher again.
+        """
         # Refused records are skipped, so read that many more to be sure of making progress.
         records = await self._outbox.unsent(self._read_limit + len(self._refused))
         records = [r for r in records if r.seq not in self._refused][: self._read_limit]
@@ -143,7 +146,7 @@ class Publisher:
                 raise result
         if total.failed:
             raise EntriesFailed(f"SQS failed {len(total.failed)} outcome(s): {total.failed[0]}")
-        return True
+        return len(records) >= self._read_limit
 
     async def _send(self, batch: list[OutboxRecord]) -> BatchResult:
         try:

@@ -19,28 +19,45 @@ from service.validation import country_code
 Clock = Callable[[], float]
 
 
+#: Windows allowing at most this many events keep them in a tuple: a deque costs 600 bytes even
+#: empty, and the per-number window has an entry for every verification still waiting.
+COMPACT_LIMIT = 16
+
+
 class SlidingWindow:
     """At most `limit` events per `window` seconds for each key."""
 
     def __init__(self, limit: int, window: float) -> None:
         self.limit = limit
         self.window = window
-        self._events: dict[str, deque[float]] = {}
+        self._compact = limit <= COMPACT_LIMIT
+        #: Each key's latest events, oldest first: at most `limit` of them.
+        self._events: dict[str, tuple[float, ...] | deque[float]] = {}
 
     def wait(self, key: str, now: float) -> float:
         """Seconds until `key` may have another event; 0 if it may now."""
         events = self._events.get(key)
         if events is None:
             return 0.0
-        while events and events[0] <= now - self.window:
-            events.popleft()
-        if not events:
+        cutoff = now - self.window
+        if isinstance(events, deque):
+            while events and events[0] <= cutoff:
+                events.popleft()
+        if not events or events[-1] <= cutoff:
             del self._events[key]
             return 0.0
-        return 0.0 if len(events) < self.limit else events[0] + self.window - now
+        if len(events) < self.limit:
+            return 0.0
+        return max(0.0, events[0] + self.window - now)
 
     def add(self, key: str, now: float) -> None:
-        self._events.setdefault(key, deque(maxlen=self.limit)).append(now)
+        if self._compact:
+            self._events[key] = (*self._events.get(key, ()), now)[-self.limit :]
+        else:
+            events = self._events.get(key)
+            if not isinstance(events, deque):
+                events = self._events[key] = deque(maxlen=self.limit)
+            events.append(now)
 
     def sweep(self, now: float) -> None:
         """Forget keys with no event in the window, so memory follows recent traffic only."""

@@ -9,17 +9,18 @@ is told of it, and commands are handled one at a time, so attempts can never be 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import secrets
 import time
+from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from service.codes import CodeBook
 from service.config import VerificationSettings
+from service.deadlines import Deadlines
 from service.errors import ConfigError, NotFound, NotPending, SmsError, Unavailable, Unprocessable
 from service.limits import Limits
 from service.models import Status, Verification
@@ -48,18 +49,25 @@ class Run:
     """What the orchestrator holds in memory for one pending verification.
 
     `verification` is replaced, never changed in place, so handing it out is handing a snapshot.
+    Everything else is made only when needed: most verifications get one command in their life,
+    and the ones waiting are what a process holds by the hundred thousand.
     """
 
     verification: Verification
-    inbox: deque[Command] = field(default_factory=deque)
+    inbox: deque[Command] | None = None
     waiter: asyncio.Future[None] | None = None
     task: asyncio.Task[None] | None = None
 
     def deliver(self, command: Command) -> None:
         # Buffered like raiseEvent: a command that arrives while the task is busy is not lost.
+        if self.inbox is None:
+            self.inbox = deque()
         self.inbox.append(command)
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+
+    def next_command(self) -> Command | None:
+        return self.inbox.popleft() if self.inbox else None
 
 
 class Orchestrator:
@@ -83,6 +91,7 @@ class Orchestrator:
         self._settings = settings
         self._template = template
         self._clock = clock
+        self._deadlines = Deadlines(clock)
         self._runs: dict[str, Run] = {}
         self._by_phone: dict[str, Run] = {}
         #: Called with each verification that reached a final status (metrics).
@@ -166,7 +175,6 @@ class Orchestrator:
             run = self._runs[v.id] = Run(v)
             self._by_phone[v.phone] = run
             run.task = asyncio.create_task(self._orchestrate(run))
-            run.task.add_done_callback(functools.partial(self._reap, run))
         return run
 
     async def close(self, grace: float) -> None:
@@ -184,38 +192,48 @@ class Orchestrator:
     # -- the task ---------------------------------------------------------------------------------
 
     async def _orchestrate(self, run: Run) -> None:
-        v = run.verification
-        if v.sms_sent_at is None and not await self._send_challenge(run):
-            return
-        while run.verification.pending:
-            command = await self._next(run)
-            if command is None:
-                await self._finish(run, Status.EXPIRED)
-                continue
-            try:
-                await self._handle(run, command)
-            except BaseException as exc:
-                _refuse(command, exc)
-                raise
-            self._answer(command, run)
-
-    async def _next(self, run: Run) -> Command | None:
-        """The next command, or None when the deadline comes first."""
-        if run.inbox:
-            return run.inbox.popleft()
-        remaining = run.verification.expires_at - self._clock()
-        if remaining <= 0:
-            return None
-        loop = asyncio.get_running_loop()
-        run.waiter = loop.create_future()
-        timer = _sleep(loop, remaining)
+        # One coroutine for the whole life, helpers awaited only between waits: while it waits,
+        # this frame and the futures of one asyncio.wait are all that a verification costs.
+        failure: BaseException | None = None
         try:
-            await asyncio.wait({run.waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+            if run.verification.sms_sent_at is None and not await self._send_challenge(run):
+                return
+            while run.verification.pending:
+                if not run.inbox and (deadline := self._arm(run)) is not None:
+                    try:
+                        await asyncio.wait((run.waiter, deadline), return_when=FIRST_COMPLETED)
+                    finally:
+                        _disarm(run)
+                command = run.next_command()
+                if command is None:  # the deadline won the race
+                    await self._finish(run, Status.EXPIRED)
+                else:
+                    await self._step(run, command)
+        except asyncio.CancelledError as exc:
+            failure = exc
+            raise
+        except Exception as exc:
+            failure = exc
+            extra = {"verification_id": run.verification.id}
+            log.error("verification task failed", exc_info=exc, extra=extra)
         finally:
-            timer.cancel()
-            run.waiter.cancel()
-            run.waiter = None
-        return run.inbox.popleft() if run.inbox else None
+            self._reap(run, failure)
+
+    def _arm(self, run: Run) -> asyncio.Future[None] | None:
+        """Set up the race: the inbox's waiter against the deadline (None if it has passed)."""
+        expires_at = run.verification.expires_at
+        if expires_at <= self._clock():
+            return None
+        run.waiter = asyncio.get_running_loop().create_future()
+        return self._deadlines.at(expires_at)
+
+    async def _step(self, run: Run, command: Command) -> None:
+        try:
+            await self._handle(run, command)
+        except BaseException as exc:
+            _refuse(command, exc)
+            raise
+        self._answer(command, run)
 
     async def _handle(self, run: Run, command: Command) -> None:
         v = run.verification
@@ -283,17 +301,13 @@ class Orchestrator:
         log.info("verification %s", status.value, extra={"verification_id": v.id})
         self.on_finished(final)
 
-    def _reap(self, run: Run, task: asyncio.Task[None]) -> None:
+    def _reap(self, run: Run, failure: BaseException | None) -> None:
         v = run.verification
         self._runs.pop(v.id, None)
         if self._by_phone.get(v.phone) is run:
             del self._by_phone[v.phone]
-        failure = None if task.cancelled() else task.exception()
-        if failure is not None:
-            log.error("verification task failed", exc_info=failure, extra={"verification_id": v.id})
         # Whatever was still queued learns the final state, or why it was not handled.
-        while run.inbox:
-            command = run.inbox.popleft()
+        while (command := run.next_command()) is not None:
             if v.pending:
                 _refuse(command, failure or asyncio.CancelledError())
             else:
@@ -367,14 +381,9 @@ def _duration(seconds: float) -> str:
     return f"{whole} second" + ("s" if whole != 1 else "")
 
 
-def _sleep(loop: asyncio.AbstractEventLoop, delay: float) -> asyncio.Future[None]:
-    """A sleep as a bare future and timer handle: a Task per waiting verification costs far more."""
-    future: asyncio.Future[None] = loop.create_future()
-    handle = loop.call_later(delay, _wake, future)
-    future.add_done_callback(lambda _: handle.cancel())
-    return future
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _disarm(run: Run) -> None:
+    """The race is over. The waiter is cancelled if it lost; the deadline is shared with other
+    verifications, so it is only left (asyncio.wait has taken its callback off)."""
+    if run.waiter is not None:
+        run.waiter.cancel()
+        run.waiter = None
