@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from queue import SimpleQueue
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -29,6 +30,8 @@ T = TypeVar("T")
 Write = Callable[[sqlite3.Connection], T]
 #: What a write came to: its result, or the exception that rolled it back.
 Outcome = tuple[bool, Any]
+#: A function for the writer thread, its arguments, and the future for its result.
+Call = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 #: Ordered migrations; the database records how many it has applied.
 MIGRATIONS: tuple[str, ...] = (
@@ -105,7 +108,7 @@ class Store:
     """Durable state. Open with `await Store.open(path)`; close with `await store.close()`."""
 
     def __init__(
-        self, writer: sqlite3.Connection, thread: ThreadPoolExecutor, reader: aiosqlite.Connection
+        self, writer: sqlite3.Connection, thread: WriterThread, reader: aiosqlite.Connection
     ) -> None:
         self._writer = writer
         self._thread = thread
@@ -118,14 +121,13 @@ class Store:
     @classmethod
     async def open(cls, path: str, *, synchronous: str = "FULL") -> Store:
         # One thread owns the writing connection for its whole life: sqlite3 objects stay on it.
-        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
-        loop = asyncio.get_running_loop()
+        thread = WriterThread("store-writer")
         try:
-            writer = await loop.run_in_executor(thread, _open_writer, path, synchronous)
+            writer = await thread.call(_open_writer, path, synchronous)
             reader = await aiosqlite.connect(path, isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 5000")
         except BaseException:
-            thread.shutdown(wait=False)
+            thread.stop()
             raise
         return cls(writer, thread, reader)
 
@@ -136,8 +138,8 @@ class Store:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         await self._reader.close()
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
-        self._thread.shutdown(wait=True)
+        await self._thread.call(self._writer.close)
+        self._thread.stop()
 
     # -- verifications -------------------------------------------------------------------------
 
@@ -274,14 +276,13 @@ class Store:
         return await asyncio.shield(future)
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                outcomes = await loop.run_in_executor(
-                    self._thread, _commit_batch, self._writer, [write for write, _ in batch]
+                outcomes = await self._thread.call(
+                    _commit_batch, self._writer, [write for write, _ in batch]
                 )
                 _settle(batch, outcomes)
             except BaseException:
@@ -306,6 +307,48 @@ def _settle(batch: list[tuple[Write[Any], asyncio.Future[Any]]], outcomes: list[
 
 
 # -- the writer thread ----------------------------------------------------------------------------
+
+
+class WriterThread:
+    """One thread running calls in order for the event loop.
+
+    A put on a SimpleQueue there and one call_soon_threadsafe back: half of what
+    ThreadPoolExecutor.submit costs, and this runs once per group commit. The thread is a daemon
+    so that a process that never closed its store can still exit; SQLite rolls back whatever
+    transaction that cut short.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: SimpleQueue[Call | None] = SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._calls.put((future, fn, args))
+        return future
+
+    def stop(self) -> None:
+        """The thread ends once the calls already made have run."""
+        self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn, args = call
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                _answer(future, future.set_exception, exc)
+            else:
+                _answer(future, future.set_result, result)
+
+
+def _answer(future: asyncio.Future[Any], settle: Callable[[Any], None], value: Any) -> None:
+    def deliver() -> None:
+        if not future.done():  # the caller may have been cancelled meanwhile
+            settle(value)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+        future.get_loop().call_soon_threadsafe(deliver)
 
 
 def _commit_batch(db: sqlite3.Connection, writes: list[Write[Any]]) -> list[Outcome]:

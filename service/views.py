@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from service import validation
@@ -12,6 +13,8 @@ from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.middlewares import api_key_id
 from service.models import Verification
 from service.typedefs import orchestrator_key, settings_key
+
+JSON = "application/json"
 
 
 async def start(request: web.Request) -> web.Response:
@@ -54,7 +57,10 @@ async def healthz(request: web.Request) -> web.Response:
 def _view(
     v: Verification, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.json_response(v.view(), status=status, headers=headers)
+    # orjson: every answer of the hot path is one of these, and it is ten times json.dumps's speed.
+    # The view holds only validated strings, so there is nothing (lone surrogates) it refuses.
+    body = orjson.dumps(v.view())
+    return web.Response(body=body, status=status, headers=headers, content_type=JSON)
 
 
 async def _json_object(request: web.Request, allowed: set[str]) -> dict[str, Any]:
