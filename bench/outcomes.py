@@ -1,7 +1,10 @@
 """The queue side of the driver: long-polls the outcome queue, noting when each outcome arrived.
 
-Several receivers poll at once, as a consumer fleet would; each batch is deleted in one request
-off the receive path. Every receipt is kept, so an outcome that came twice is counted twice.
+Several receivers poll at once, as a consumer fleet would. Deletes are off the receive path and
+gathered into batches of ten (or whatever came within `DELETE_LINGER` seconds): at light load a
+receive brings one message, and a delete per message would double what LocalStack, which shares
+the two cores with the service, spends per verification. Every receipt is kept, so an outcome that
+came twice is counted twice.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from notifier.queues import SqsClient
 WAIT_SECONDS = 20
 #: Far longer than any delete takes: a message is never received twice because of the driver.
 VISIBILITY_SECONDS = 300
+#: SQS deletes at most ten messages per request.
+DELETE_BATCH = 10
+DELETE_LINGER = 0.1
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,8 @@ class OutcomeListener:
         self._waiters: dict[str, asyncio.Future[Arrival]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._deletes: set[asyncio.Task[None]] = set()
+        self._unacked: list[str] = []
+        self._flush: asyncio.TimerHandle | None = None
         self.errors = 0
 
     @property
@@ -56,6 +64,7 @@ class OutcomeListener:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._delete_unacked()
         if self._deletes:
             await asyncio.wait(self._deletes, timeout=10)
 
@@ -102,10 +111,24 @@ class OutcomeListener:
             messages = response.get("Messages", [])
             for message in messages:
                 self._arrived(json.loads(message["Body"]), perf, wall)
-            if messages:
-                task = asyncio.create_task(self._delete(messages))
-                self._deletes.add(task)
-                task.add_done_callback(self._deletes.discard)
+            for message in messages:
+                self._unacked.append(message["ReceiptHandle"])
+            if len(self._unacked) >= DELETE_BATCH:
+                self._delete_unacked()
+            elif self._unacked and self._flush is None:
+                self._flush = asyncio.get_running_loop().call_later(
+                    DELETE_LINGER, self._delete_unacked
+                )
+
+    def _delete_unacked(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        while self._unacked:
+            handles, self._unacked = self._unacked[:DELETE_BATCH], self._unacked[DELETE_BATCH:]
+            task = asyncio.create_task(self._delete(handles))
+            self._deletes.add(task)
+            task.add_done_callback(self._deletes.discard)
 
     def _arrived(self, event: dict[str, Any], perf: float, wall: float) -> None:
         verification_id = event["id"]
@@ -117,10 +140,8 @@ class OutcomeListener:
         if future is not None and not future.done():
             future.set_result(arrival)
 
-    async def _delete(self, messages: list[dict[str, Any]]) -> None:
-        entries = [
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
-        ]
+    async def _delete(self, handles: list[str]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
         self.delete_requests += 1
         with contextlib.suppress(Exception):
             await self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)

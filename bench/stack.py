@@ -94,8 +94,9 @@ async def localstack(state: Path) -> AsyncIterator[LocalStack]:
     # A state folder of its own keeps the script's pid file apart from any other LocalStack.
     env = {**os.environ, "LOCALSTACK_STATE": str(state)}
     log(f"starting LocalStack on port {port}")
-    await _run_script("start", str(port), env=env, timeout=30)
     try:
+        # Inside the try: a start that fails half-way may still have left a LocalStack running.
+        await _run_script("start", str(port), env=env, timeout=30)
         await _run_script("wait", str(port), env=env, timeout=120)
         pid = int((state / "localstack.pid").read_text())
         log(f"LocalStack (pid {pid}) is ready")

@@ -53,8 +53,9 @@ class ConsoleSender:
 
 
 class _HeaderAuthHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
-    """The SDK's aiohttp client, sending basic auth as a header: aiohttp 3.14 deprecates both
-    `aiohttp.BasicAuth` and `auth=`, which twilio 9.13 uses on every request."""
+    """The SDK's aiohttp client, sending basic auth as a header (aiohttp 3.14 deprecates both
+    `aiohttp.BasicAuth` and `auth=`, which twilio 9.13 uses on every request), and formatting
+    its debug logging only when it is wanted."""
 
     async def request(
         self,
@@ -69,6 +70,15 @@ class _HeaderAuthHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
             credentials = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             headers = {**(headers or {}), "Authorization": f"Basic {credentials}"}
         return await super().request(method, url, headers=headers, **kwargs)
+
+    # The SDK formats its log lines (all its headers) before the logger looks at the level.
+    def log_request(self, kwargs: dict[str, Any]) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            super().log_request(kwargs)
+
+    def log_response(self, status_code: int, response: Any) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            super().log_response(status_code, response)
 
 
 class TwilioSender:
