@@ -50,6 +50,7 @@ LOCALSTACK_ENV = {
     "SKIP_SSL_CERT_DOWNLOAD": "1",
     "DISABLE_EVENTS": "1",
     "SQS_DISABLE_CLOUDWATCH_METRICS": "1",
+    "LS_LOG": "warn",
 }
 
 
