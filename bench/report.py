@@ -33,13 +33,13 @@ def record(
     }
 
 
-def save(result: dict[str, Any]) -> Path:
-    """Write the result as the latest of its benchmark, and a dated copy under history/.
+def save(result: dict[str, Any], slot: str | None = None) -> Path:
+    """Write the result as the latest of its benchmark (or `slot`), and a dated copy in history/.
 
     A profile, if the run took one, is also kept in profiles.json, so it outlives later runs
     without a profiler.
     """
-    name, stamp = result["benchmark"], result["finished_at"].replace(":", "")
+    name, stamp = slot or result["benchmark"], result["finished_at"].replace(":", "")
     (RESULTS / "history").mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2) + "\n"
     (RESULTS / "history" / f"{name}-{stamp}.json").write_text(text)

@@ -31,6 +31,9 @@ from bench.phones import phone_numbers
 from bench.stack import RESULTS, LocalStack, log, stack
 
 NAME = "waiting"
+#: Where a run of a million or more is kept, so the regular run does not overwrite it.
+STRETCH = "waiting_stretch"
+STRETCH_M = 1_000_000
 LONG_TTL_SECONDS = 6 * 3600.0
 RECOVERED = re.compile(r"recovered: (\d+) resumed \((\d+) SMS to send again\), (\d+) expired")
 WARMUP = 200
@@ -302,6 +305,10 @@ async def read_status(api: client.Api, ids: list[str]) -> int:
     return sum(v.body["status"] == "expired" for v in views)
 
 
+def slot(result: dict[str, Any]) -> str:
+    return STRETCH if result["results"]["start"]["started"] >= STRETCH_M else NAME
+
+
 def targets(r: dict[str, Any], o: Options) -> list[dict[str, Any]]:
     per = r["memory"]["rss_bytes_per_pending"]
     idle = r["idle"]["percent_of_a_core"]
@@ -324,7 +331,7 @@ def targets(r: dict[str, Any], o: Options) -> list[dict[str, Any]]:
         {
             "target": "1,000,000 pending in one process",
             "measured": f"{started:,} pending",
-            "met": True if started >= 1_000_000 else None,
+            "met": True if started >= STRETCH_M else None,
         },
         {
             "target": f"< 2% of a core while {started:,} wait idle",
