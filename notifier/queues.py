@@ -88,8 +88,8 @@ def client_config() -> Config:
         read_timeout=30,
         retries={"total_max_attempts": 1},
         max_pool_connections=25,
-        # Every request is built here, not by a user; checking it against the model again costs
-        # a tenth of each send.
+        # Requests are built by this package, from settings checked when loaded; checking each
+        # against the model again costs a tenth of a send. A bad queue name fails at SQS instead.
         parameter_validation=False,
     )
 

@@ -52,8 +52,13 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     if kind == "asyncio":
         return asyncio.new_event_loop()
     if kind == "uvloop":
-        import uvloop  # only here: the library and the tests run on any loop
-
+        try:
+            import uvloop  # only here: the library and the tests run on any loop
+        except ImportError:  # not installed on Windows
+            raise ConfigError(
+                "Config 'server.event_loop' is 'uvloop', which is not installed here; set it"
+                " to 'asyncio'."
+            ) from None
         return uvloop.new_event_loop()
     raise ConfigError(f"Config 'server.event_loop' must be 'uvloop' or 'asyncio', not {kind!r}.")
 

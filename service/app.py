@@ -18,7 +18,7 @@ from notifier.settings import QueueSettings
 from service.codes import CodeBook, load_secret
 from service.config import Settings
 from service.errors import ConfigError
-from service.limits import Limits
+from service.limits import Limits, check_settings
 from service.metrics import Metrics, metrics_key, metrics_middleware
 from service.middlewares import authentication, errors
 from service.orchestrator import Orchestrator
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> web.Application:
     """Build the app; the database, SMS sender and orchestrator open when it starts."""
     check_access(settings)
+    check_settings(settings.limits)
     metrics = Metrics()
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,

@@ -43,6 +43,11 @@ class Deadlines:
         return future
 
     def _ring(self, tick: int) -> None:
+        # uvloop rounds timers to the millisecond, so one can come a little early: wait the rest.
+        early = tick * self._tick - self._clock()
+        if early > 0:
+            asyncio.get_running_loop().call_later(early, self._ring, tick)
+            return
         future = self._ticks.pop(tick)
         if not future.done():
             future.set_result(None)

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 
 from service.config import LimitSettings
-from service.errors import RateLimited, Unprocessable
+from service.errors import ConfigError, RateLimited, Unprocessable
 from service.validation import country_code
 
 Clock = Callable[[], float]
@@ -28,6 +28,10 @@ class SlidingWindow:
     """At most `limit` events per `window` seconds for each key."""
 
     def __init__(self, limit: int, window: float) -> None:
+        if limit < 1 or window <= 0:
+            raise ConfigError(
+                f"A limit needs at least 1 event in a positive window: {limit}/{window}s."
+            )
         self.limit = limit
         self.window = window
         self._compact = limit <= COMPACT_LIMIT
@@ -63,6 +67,18 @@ class SlidingWindow:
         """Forget keys with no event in the window, so memory follows recent traffic only."""
         for key in [k for k, e in self._events.items() if not e or e[-1] <= now - self.window]:
             del self._events[key]
+
+
+def check_settings(settings: LimitSettings) -> None:
+    """Refuse limits that cannot mean what they say (0 SMS per window would refuse every start)."""
+    for name in (
+        "sms_per_phone",
+        "sms_per_phone_window_seconds",
+        "starts_per_key_per_minute",
+        "sms_per_minute",
+    ):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"Config 'limits.{name}' must be positive.")
 
 
 class Limits:

@@ -69,6 +69,6 @@ class Verification:
 def rfc3339(timestamp: float) -> str:
     """Unix seconds as RFC 3339 in UTC with millisecond precision, e.g. 2026-01-02T03:04:05.678Z."""
     # time.gmtime, not datetime: three of these go into every answer.
-    # Rounded to the microsecond first, as datetime does: 0.6 is stored as 0.59999....
+    # Rounded to the microsecond first (0.6 is stored as 0.59999...), then cut to milliseconds.
     seconds, micros = divmod(round(timestamp * 1_000_000), 1_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros // 1000:03d}Z"

@@ -1,9 +1,11 @@
 """The orchestrator: one asyncio task per pending verification, racing the code against a timer.
 
-Each task sends the SMS challenge, then waits on two things at once: its inbox (codes, cancels,
-resends, delivered like Durable Functions' external events) and the deadline. Whichever comes
-first decides; the loser is cancelled. Every transition is committed to the store before anyone
-is told of it, and commands are handled one at a time, so attempts can never be over-spent.
+Each task sends the SMS challenge, then waits on two things at once with asyncio.wait: its inbox
+(codes, cancels, resends, delivered like Durable Functions' external events) and the deadline.
+Whichever comes first decides; a losing inbox waiter is cancelled, a losing deadline (a future
+shared per tick, see `service.deadlines`) is left to the others waiting on it. Every transition
+is committed to the store before anyone is told of it, and commands are handled one at a time,
+so attempts can never be over-spent.
 """
 
 from __future__ import annotations
@@ -188,22 +190,32 @@ class Orchestrator:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        # A task cancelled before its first step never ran the code that reaps it.
+        for run in list(self._runs.values()):
+            self._reap(run, asyncio.CancelledError())
 
     # -- the task ---------------------------------------------------------------------------------
 
     async def _orchestrate(self, run: Run) -> None:
         # One coroutine for the whole life, helpers awaited only between waits: while it waits,
         # this frame and the futures of one asyncio.wait are all that a verification costs.
+        loop = asyncio.get_running_loop()
         failure: BaseException | None = None
         try:
             if run.verification.sms_sent_at is None and not await self._send_challenge(run):
                 return
             while run.verification.pending:
-                if not run.inbox and (deadline := self._arm(run)) is not None:
+                expires_at = run.verification.expires_at
+                if not run.inbox and expires_at > self._clock():
+                    # The race: the inbox's waiter against the deadline, which is shared with the
+                    # verifications due in the same tick, so it is left, not cancelled, if it loses.
+                    waiter = run.waiter = loop.create_future()
+                    deadline = self._deadlines.at(expires_at)
                     try:
-                        await asyncio.wait((run.waiter, deadline), return_when=FIRST_COMPLETED)
+                        await asyncio.wait((waiter, deadline), return_when=FIRST_COMPLETED)
                     finally:
-                        _disarm(run)
+                        waiter.cancel()
+                        run.waiter = None
                 command = run.next_command()
                 if command is None:  # the deadline won the race
                     await self._finish(run, Status.EXPIRED)
@@ -218,14 +230,6 @@ class Orchestrator:
             log.error("verification task failed", exc_info=exc, extra=extra)
         finally:
             self._reap(run, failure)
-
-    def _arm(self, run: Run) -> asyncio.Future[None] | None:
-        """Set up the race: the inbox's waiter against the deadline (None if it has passed)."""
-        expires_at = run.verification.expires_at
-        if expires_at <= self._clock():
-            return None
-        run.waiter = asyncio.get_running_loop().create_future()
-        return self._deadlines.at(expires_at)
 
     async def _step(self, run: Run, command: Command) -> None:
         try:
@@ -379,11 +383,3 @@ def _duration(seconds: float) -> str:
         minutes = whole // 60
         return f"{minutes} minute" + ("s" if minutes != 1 else "")
     return f"{whole} second" + ("s" if whole != 1 else "")
-
-
-def _disarm(run: Run) -> None:
-    """The race is over. The waiter is cancelled if it lost; the deadline is shared with other
-    verifications, so it is only left (asyncio.wait has taken its callback off)."""
-    if run.waiter is not None:
-        run.waiter.cancel()
-        run.waiter = None

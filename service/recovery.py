@@ -8,13 +8,11 @@ with the others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from service.models import Status
+from service.models import Status, Verification
 from service.orchestrator import Clock, Orchestrator
 from service.store import Store
 
@@ -28,9 +26,20 @@ class Recovered:
     resent: int
 
 
+#: From this many pending verifications on, recovery takes them out of the collector's sight.
+FREEZE_FROM = 10_000
+
+
 async def recover(store: Store, orchestrator: Orchestrator, clock: Clock) -> Recovered:
-    with _collector_paused():
+    # Arming 100,000 verifications makes a million long-lived objects; the cyclic collector
+    # would walk them again and again while they are made, two thirds of a restart's time.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
         result = await _recover(store, orchestrator, clock)
+    finally:
+        if enabled:
+            gc.enable()
     log.info(
         "recovered: %d resumed (%d SMS to send again), %d expired while down",
         result.resumed,
@@ -50,36 +59,29 @@ async def _recover(store: Store, orchestrator: Orchestrator, clock: Clock) -> Re
         await store.finish(overdue)
         for v in overdue:
             orchestrator.on_finished(v)
-    resumed = resent = 0
-    for v in pending:
-        if v.expires_at <= now:
-            continue
+    live = [v for v in pending if v.expires_at > now]
+    del pending
+    many = len(live) >= FREEZE_FROM
+    if many:
+        gc.collect()  # whatever is garbage now goes, so that the freeze below keeps none
+    resumed = _resume(orchestrator, [v for v in live if v.sms_sent_at is not None])
+    # One turn of the loop: each of these tasks takes its first step and waits for its code.
+    await asyncio.sleep(0)
+    if many:
+        # They will wait for minutes, then be freed by reference counting: full collections
+        # need not walk them. Those that resend their SMS are left out, as they are mid-request.
+        gc.freeze()
+    resent = _resume(orchestrator, [v for v in live if v.sms_sent_at is None])
+    return Recovered(resumed=resumed + resent, expired=len(overdue), resent=resent)
+
+
+def _resume(orchestrator: Orchestrator, verifications: list[Verification]) -> int:
+    resumed = 0
+    for v in verifications:
         try:
             orchestrator.resume(v)
         except Exception:
             log.exception("could not resume", extra={"verification_id": v.id})
             continue
         resumed += 1
-        resent += v.sms_sent_at is None
-    # One turn of the loop: every task takes its first step and is waiting when this returns.
-    await asyncio.sleep(0)
-    return Recovered(resumed=resumed, expired=len(overdue), resent=resent)
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Arm without the cyclic garbage collector, then take what was armed out of its sight.
-
-    Arming 100,000 verifications makes a million long-lived objects; the collector would walk
-    them again and again while they are made (two thirds of a restart's time), and then at every
-    full collection for as long as they wait. Nothing made here is garbage yet, and what is
-    freed later is freed by reference counting, which `gc.freeze` does not affect.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
+    return resumed

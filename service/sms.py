@@ -55,7 +55,7 @@ class ConsoleSender:
 class _HeaderAuthHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
     """The SDK's aiohttp client, sending basic auth as a header (aiohttp 3.14 deprecates both
     `aiohttp.BasicAuth` and `auth=`, which twilio 9.13 uses on every request), and formatting
-    its debug logging only when it is wanted."""
+    its INFO lines about each request only when INFO is on."""
 
     async def request(
         self,

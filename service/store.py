@@ -12,16 +12,15 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
-from queue import SimpleQueue
 from typing import Any, TypeVar
 
 import aiosqlite
 
 from notifier.messages import OutboxRecord, outcome_body
 from service.models import Status, Verification, rfc3339
+from service.writer import WriterThread
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,6 @@ T = TypeVar("T")
 Write = Callable[[sqlite3.Connection], T]
 #: What a write came to: its result, or the exception that rolled it back.
 Outcome = tuple[bool, Any]
-#: A function for the writer thread, its arguments, and the future for its result.
-Call = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
 
 #: Ordered migrations; the database records how many it has applied.
 MIGRATIONS: tuple[str, ...] = (
@@ -114,6 +111,7 @@ class Store:
         self._thread = thread
         self._reader = reader
         self._queue: asyncio.Queue[tuple[Write[Any], asyncio.Future[Any]]] = asyncio.Queue()
+        self._closed = False
         self._task = asyncio.create_task(self._write_loop(), name="store-writer")
         #: Called after an outcome is committed to the outbox (the publisher's wake-up).
         self.on_outcome: Callable[[], None] = lambda: None
@@ -124,15 +122,22 @@ class Store:
         thread = WriterThread("store-writer")
         try:
             writer = await thread.call(_open_writer, path, synchronous)
+        except BaseException:
+            thread.stop()
+            raise
+        try:
             reader = await aiosqlite.connect(path, isolation_level=None)
+            # As for the writer: wait for a lock rather than fail (a checkpoint may hold one).
             await reader.execute("PRAGMA busy_timeout = 5000")
         except BaseException:
+            await thread.call(writer.close)
             thread.stop()
             raise
         return cls(writer, thread, reader)
 
     async def close(self) -> None:
-        """Commit what is queued, then close both connections."""
+        """Commit what is queued, then close both connections; later writes are refused."""
+        self._closed = True
         await self._queue.join()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -270,6 +275,8 @@ class Store:
         await self._write(write)
 
     async def _write(self, write: Write[T]) -> T:
+        if self._closed:
+            raise RuntimeError("The store is closed.")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((write, future))
         # Shielded: a caller that gives up must not stop the write, which may already be committed.
@@ -306,49 +313,7 @@ def _settle(batch: list[tuple[Write[Any], asyncio.Future[Any]]], outcomes: list[
             future.set_exception(result)
 
 
-# -- the writer thread ----------------------------------------------------------------------------
-
-
-class WriterThread:
-    """One thread running calls in order for the event loop.
-
-    A put on a SimpleQueue there and one call_soon_threadsafe back: half of what
-    ThreadPoolExecutor.submit costs, and this runs once per group commit. The thread is a daemon
-    so that a process that never closed its store can still exit; SQLite rolls back whatever
-    transaction that cut short.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._calls: SimpleQueue[Call | None] = SimpleQueue()
-        threading.Thread(target=self._serve, name=name, daemon=True).start()
-
-    def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._calls.put((future, fn, args))
-        return future
-
-    def stop(self) -> None:
-        """The thread ends once the calls already made have run."""
-        self._calls.put(None)
-
-    def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
-            future, fn, args = call
-            try:
-                result = fn(*args)
-            except BaseException as exc:
-                _answer(future, future.set_exception, exc)
-            else:
-                _answer(future, future.set_result, result)
-
-
-def _answer(future: asyncio.Future[Any], settle: Callable[[Any], None], value: Any) -> None:
-    def deliver() -> None:
-        if not future.done():  # the caller may have been cancelled meanwhile
-            settle(value)
-
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
-        future.get_loop().call_soon_threadsafe(deliver)
+# -- on the writer thread -------------------------------------------------------------------------
 
 
 def _commit_batch(db: sqlite3.Connection, writes: list[Write[Any]]) -> list[Outcome]:

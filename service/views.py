@@ -60,7 +60,9 @@ def _view(
     # orjson: every answer of the hot path is one of these, and it is ten times json.dumps's speed.
     # The view holds only validated strings, so there is nothing (lone surrogates) it refuses.
     body = orjson.dumps(v.view())
-    return web.Response(body=body, status=status, headers=headers, content_type=JSON)
+    return web.Response(
+        body=body, status=status, headers=headers, content_type=JSON, charset="utf-8"
+    )
 
 
 async def _json_object(request: web.Request, allowed: set[str]) -> dict[str, Any]:
