@@ -44,8 +44,10 @@ class Deadlines:
 
     def _ring(self, tick: int) -> None:
         # uvloop rounds timers to the millisecond, so one can come a little early: wait the rest.
+        # More than a tick early means the wall clock was set back; the monotonic timer has
+        # waited the time asked for, and that is what counts.
         early = tick * self._tick - self._clock()
-        if early > 0:
+        if 0 < early <= self._tick:
             asyncio.get_running_loop().call_later(early, self._ring, tick)
             return
         future = self._ticks.pop(tick)
