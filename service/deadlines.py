@@ -3,7 +3,8 @@
 A loop timer costs 200 to 400 bytes (uvloop's more than asyncio's); with 100,000 verifications
 waiting, that would be a tenth of their memory, and arming it a good part of a restart. So the
 verifications whose deadlines fall in the same tick share one future, resolved by one loop timer at
-the end of the tick. A deadline is therefore noticed up to one tick late, never early.
+the end of the tick. A deadline is therefore noticed up to one tick late, never early (unless
+the wall clock is set back while it waits).
 """
 
 from __future__ import annotations
