@@ -12,13 +12,11 @@ no polling delay. `python -m bench.twilio --port N` serves until SIGTERM.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 import uvloop
 from aiohttp import web
 
-from tests.twilio_server import TwilioServer
+from tests.twilio_server import TwilioServer, serve
 
 MAX_WAIT_SECONDS = 60.0
 
@@ -43,22 +41,12 @@ class BenchTwilioServer(TwilioServer):
         return web.json_response({"messages": len(self.messages), "attempts": self.attempts})
 
 
-async def serve(host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with BenchTwilioServer(host, port) as twilio:
-        print(f"listening on {twilio.base_url}", flush=True)
-        await stop.wait()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port))
+    uvloop.run(serve(args.host, args.port, BenchTwilioServer))
 
 
 if __name__ == "__main__":

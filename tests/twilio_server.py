@@ -283,13 +283,13 @@ def _error(status: int, code: int, message: str) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
 
 
-async def serve(host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM."""
+async def serve(host: str, port: int, kind: type[TwilioServer] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; `kind` is a subclass with routes of its own (bench/)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with TwilioServer(host, port) as twilio:
+    async with (kind or TwilioServer)(host, port) as twilio:
         print(f"listening on {twilio.base_url}", flush=True)
         await stop.wait()
 
