@@ -5,6 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class Secret(str):
+    """A string that does not show itself in reprs, logs or tracebacks."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self else "Secret('')"
+
+
+NO_SECRET = Secret("")
+
+
 @dataclass(frozen=True)
 class QueueSettings:
     #: Full queue URL; when empty the queue is looked up (or created) by `name`.
@@ -19,6 +29,13 @@ class QueueSettings:
     #: False turns publishing off: outcomes stay in the outbox until it is turned on.
     enabled: bool = True
     retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+    #: An outcome SQS refuses (an invalid body) is tried again this much later, the wait
+    #: doubling with each refusal up to the maximum; the others go on meanwhile.
+    refused_retry_seconds: float = 60.0
+    refused_retry_max_seconds: float = 3600.0
+    #: When set, each message is signed (see `notifier.messages.sign`) and consumers given the
+    #: key refuse messages whose signature is missing or wrong.
+    signing_key: Secret = NO_SECRET
 
     @property
     def fifo(self) -> bool:

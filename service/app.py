@@ -15,6 +15,7 @@ from aiohttp import web
 from notifier.publisher import Publisher
 from notifier.queues import QueueError, is_transient, resolve_queue_url, sqs_client
 from notifier.settings import QueueSettings
+from service.challenge import Challenges
 from service.codes import CodeBook, load_secret
 from service.config import Settings
 from service.errors import ConfigError
@@ -64,23 +65,32 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     codes = CodeBook(load_secret(settings.database), settings.verification.code_length)
     sender = create_sender(settings.sms)
-    store = await Store.open(settings.database.path)
+    store = await Store.open(
+        settings.database.path, busy_timeout_ms=settings.database.busy_timeout_ms
+    )
     limits = Limits(settings.limits, clock=time.time)
+    challenges = Challenges(sender, codes, limits, settings.sms, clock=time.time)
     orchestrator = Orchestrator(
-        store, sender, codes, limits, settings.verification, settings.sms.template, clock=time.time
+        store,
+        challenges,
+        codes,
+        limits,
+        settings.verification,
+        settings.database,
+        clock=time.time,
     )
     app[store_key] = store
     metrics = app[metrics_key]
     metrics.watch_pending(lambda: orchestrator.pending_count)
     orchestrator.on_started = metrics.started
     orchestrator.on_finished = metrics.finished
-    orchestrator.on_sms_sent = metrics.sms_sent
-    orchestrator.on_sms_failed = metrics.sms_failed
+    challenges.on_sent = metrics.sms_sent
+    challenges.on_failed = metrics.sms_failed
     limits.on_refused = metrics.refused
     app[orchestrator_key] = orchestrator
     sweeper: asyncio.Task[None] | None = None
     try:
-        await recover(store, orchestrator, time.time)
+        await recover(store, orchestrator, time.time, settings.verification.ttl_seconds)
         sweeper = asyncio.create_task(keep_sweeping(store, settings.retention, time.time))
         yield
     finally:

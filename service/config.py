@@ -17,20 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+# Secret lives with the queue settings, which need one too: notifier imports nothing of service.
+from notifier.settings import NO_SECRET as NO_SECRET
 from notifier.settings import QueueSettings
+from notifier.settings import Secret as Secret
 from service.errors import ConfigError
 
 ENV_PREFIX = "VERIFY"
-
-
-class Secret(str):
-    """A string that does not show itself in reprs, logs or tracebacks."""
-
-    def __repr__(self) -> str:
-        return "Secret('**********')" if self else "Secret('')"
-
-
-NO_SECRET = Secret("")
 
 
 @dataclass(frozen=True)
@@ -50,6 +43,10 @@ class DatabaseSettings:
     secret_file: str = ""
     #: The code secret itself (hex, 32 bytes or more); when set, no file is used.
     secret: Secret = NO_SECRET
+    #: How long a write waits for a lock held by another connection before it fails (503).
+    busy_timeout_ms: int = 5000
+    #: How long a code or cancel is retried while the database fails, before answering 503.
+    write_retry_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +55,8 @@ class VerificationSettings:
     ttl_seconds: float = 90.0
     max_attempts: int = 3
     max_reference_length: int = 200
+    #: Commands (codes, cancels, resends) waiting for one verification at once; 429 past it.
+    max_queued_commands: int = 16
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,9 @@ class SmsSettings:
     template: str = "Your verification code is {code}. It expires in {expires_in}."
     timeout_seconds: float = 10.0
     retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    #: SMS requests in flight at once: a recovery with thousands to resend waits its turn
+    #: before its time-out starts, instead of timing out in the queue for a connection.
+    max_concurrent_sends: int = 50
 
 
 @dataclass(frozen=True)

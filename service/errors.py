@@ -9,7 +9,8 @@ VerificationError            the contract's errors; each carries a stable code a
   ├── UnsupportedMediaType   415: the body is not JSON
   ├── Unprocessable          422: a phone, code or reference that is not of the accepted form
   ├── RateLimited            429: a limit was reached; carries the seconds to wait
-  └── Unavailable            503: the service is stopping or cannot reach its database
+  └── Unavailable            503: the service is stopping, or busy; carries the seconds to wait
+        └── StoreUnavailable 503: the database refused a read or a write (locked, full, I/O)
 SmsError                     the SMS could not be sent
   ├── SmsRejected            permanent: the provider refused it (invalid or unreachable number)
   └── SmsUnavailable         transient: 5xx, time-out or connection error; worth retrying
@@ -93,6 +94,16 @@ class RateLimited(VerificationError):
 class Unavailable(VerificationError):
     status = 503
     code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class StoreUnavailable(Unavailable):
+    """The database failed; nothing was changed, and trying again later may work."""
+
+    code = "database_unavailable"
 
 
 class SmsError(Exception):

@@ -118,6 +118,18 @@ class Limits:
         for window, key, _, _ in checks:
             window.add(key, now)
 
+    def charge(self, phone: str) -> bool:
+        """Count one more SMS to `phone` (a retry or a resend from recovery), if the number's
+        limit and the service's budget allow it; False, counting nothing, if they do not."""
+        now = self._clock()
+        windows = ((self._per_phone, phone), (self._budget, "*"))
+        if any(window.wait(key, now) > 0 for window, key in windows):
+            self._refuse("sms_retry_limited")
+            return False
+        for window, key in windows:
+            window.add(key, now)
+        return True
+
     def _refuse(self, reason: str) -> None:
         self.on_refused(reason)
 

@@ -11,7 +11,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from service.config import Secret
-from service.errors import PayloadTooLarge, RateLimited, Unauthorized, VerificationError
+from service.errors import (
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    VerificationError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +37,7 @@ def error_response(error: VerificationError) -> web.Response:
     response = web.json_response(error.body(), status=error.status, dumps=_dumps)
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="verifications"'
-    if isinstance(error, RateLimited):
+    if isinstance(error, RateLimited | Unavailable):
         response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return response
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -45,7 +47,8 @@ class Verification:
     sms_sent_at: float | None = None
     sms_id: str | None = None
     reason: str | None = None
-    idempotency_key: str | None = None
+    #: The fingerprint of the API key that started it; "-" when authentication is off.
+    owner: str = "-"
 
     @property
     def pending(self) -> bool:
@@ -72,3 +75,8 @@ def rfc3339(timestamp: float) -> str:
     # Rounded to the microsecond first (0.6 is stored as 0.59999...), then cut to milliseconds.
     seconds, micros = divmod(round(timestamp * 1_000_000), 1_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros // 1000:03d}Z"
+
+
+def request_digest(phone: str, reference: str | None) -> bytes:
+    """What an idempotency key was first used with, without keeping the number in the clear."""
+    return hashlib.sha256(json.dumps([phone, reference]).encode()).digest()

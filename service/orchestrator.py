@@ -1,45 +1,66 @@
 """The orchestrator: one asyncio task per pending verification, racing the code against a timer.
 
-Each task sends the SMS challenge, then waits on two things at once with asyncio.wait: its inbox
-(codes, cancels, resends, delivered like Durable Functions' external events) and the deadline.
-Whichever comes first decides; a losing inbox waiter is cancelled, a losing deadline (a future
-shared per tick, see `service.deadlines`) is left to the others waiting on it. Every transition
-is committed to the store before anyone is told of it, and commands are handled one at a time,
-so attempts can never be over-spent.
+Each task waits on two things at once with asyncio.wait: its inbox (codes, cancels, resends,
+delivered like Durable Functions' external events, and the SMS activity's own reports) and the
+deadline. Whichever comes first decides; a losing inbox waiter is cancelled, a losing deadline (a
+future shared per tick, see `service.deadlines`) is left to the others waiting on it. The SMS goes
+out from a task of its own, so neither Twilio's retries nor its silence hold the verification up.
+Every transition is committed to the store before anyone is told of it, and commands are handled
+one at a time, so attempts can never be over-spent.
+
+When the database fails, nothing is adopted that is not on disk: a command is tried again for a
+little while, then answered 503 with nothing changed; a decision the deadline or the SMS made is
+tried again, with back-off, until it is committed. Either way the verification stays armed and
+answerable, and is decided exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
 import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
+from service.challenge import Challenges
 from service.codes import CodeBook
-from service.config import VerificationSettings
+from service.config import DatabaseSettings, VerificationSettings
 from service.deadlines import Deadlines
-from service.errors import ConfigError, NotFound, NotPending, SmsError, Unavailable, Unprocessable
+from service.errors import (
+    NotFound,
+    NotPending,
+    RateLimited,
+    SmsError,
+    StoreUnavailable,
+    Unavailable,
+    Unprocessable,
+)
 from service.limits import Limits
-from service.models import Status, Verification
-from service.sms import SmsSender
-from service.store import Store
+from service.models import Status, Verification, request_digest
+from service.store import KeyHolder, Store
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+#: Waits between tries of a decision the database refused; the last repeats until it holds.
+STORE_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
 
 @dataclass(slots=True)
 class Command:
-    """An external event for one verification; `reply` is resolved once it has been handled."""
+    """An event for one verification; `reply` is resolved once it has been handled.
 
-    kind: str  # "code", "cancel" or "resend"
-    reply: asyncio.Future[Verification]
+    Callers send "code", "cancel" and "resend"; the SMS activity reports "sent" (with the
+    provider's id in `code`) and "send_failed" (with the reason in `code`).
+    """
+
+    kind: str
+    reply: asyncio.Future[Verification] | None
     code: str = ""
     received_at: float = 0.0
     #: Whether this command made the verification final (it is then answered 200, not 409).
@@ -59,6 +80,8 @@ class Run:
     inbox: deque[Command] | None = None
     waiter: asyncio.Future[None] | None = None
     task: asyncio.Task[None] | None = None
+    #: The SMS activity, while one is in flight.
+    sending: asyncio.Task[None] | None = None
 
     def deliver(self, command: Command) -> None:
         # Buffered like raiseEvent: a command that arrives while the task is busy is not lost.
@@ -71,6 +94,10 @@ class Run:
     def next_command(self) -> Command | None:
         return self.inbox.popleft() if self.inbox else None
 
+    @property
+    def queued(self) -> int:
+        return len(self.inbox) if self.inbox else 0
+
 
 class Orchestrator:
     """Starts, resumes and steers verifications; knows nothing of HTTP."""
@@ -78,31 +105,31 @@ class Orchestrator:
     def __init__(
         self,
         store: Store,
-        sender: SmsSender,
+        challenges: Challenges,
         codes: CodeBook,
         limits: Limits,
         settings: VerificationSettings,
-        template: str,
+        database: DatabaseSettings | None = None,
         clock: Clock = time.time,
     ) -> None:
-        _check_template(template)
         self._limits = limits
         self._store = store
-        self._sender = sender
+        self._challenges = challenges
         self._codes = codes
         self._settings = settings
-        self._template = template
+        self._write_retry_seconds = (database or DatabaseSettings()).write_retry_seconds
         self._clock = clock
         self._deadlines = Deadlines(clock)
         self._runs: dict[str, Run] = {}
-        self._by_phone: dict[str, Run] = {}
+        #: The pending verification of each (owner, phone): one at a time for each.
+        self._by_phone: dict[tuple[str, str], Run] = {}
+        #: Starts in progress, by (owner, phone): concurrent starts for one number queue here.
+        self._starting: dict[tuple[str, str], asyncio.Lock] = {}
+        self._stopping = False
         #: Called with each verification that reached a final status (metrics).
         self.on_finished: Callable[[Verification], None] = lambda v: None
         #: Called with each verification just started, not with resends or replays (metrics).
         self.on_started: Callable[[Verification], None] = lambda v: None
-        #: Called after each SMS the provider took, and each that could not be sent (metrics).
-        self.on_sms_sent: Callable[[], None] = lambda: None
-        self.on_sms_failed: Callable[[], None] = lambda: None
 
     @property
     def pending_count(self) -> int:
@@ -115,72 +142,64 @@ class Orchestrator:
         phone: str,
         reference: str | None,
         *,
-        caller: str = "-",
+        owner: str = "-",
         idempotency_key: str | None = None,
     ) -> tuple[Verification, bool]:
         """Start a verification, or resend the pending one for this phone; True if it is new.
 
-        The row is committed before this returns; the SMS goes out from the verification's task.
+        The row is committed before this returns; the SMS goes out from a task of its own.
+        Starts for the same owner and phone are taken one at a time, so a double click makes
+        one verification and one code, whatever the interleaving.
         """
-        if idempotency_key is not None:
-            existing = await self._store.by_idempotency_key(idempotency_key)
-            if existing is not None:
-                return self._replayed(existing, phone, reference), False
-        self._limits.admit(phone, caller)
-        pending = self._by_phone.get(phone)
-        if pending is not None:
-            resent = await self._command(pending, Command("resend", self._reply()))
-            if resent.pending:
-                return resent, False
-        now = self._clock()
-        v = Verification(
-            id="VE" + secrets.token_hex(16),
-            phone=phone,
-            reference=reference,
-            status=Status.PENDING,
-            salt=self._codes.new_salt(),
-            attempts_left=self._settings.max_attempts,
-            attempts=0,
-            created_at=now,
-            expires_at=now + self._settings.ttl_seconds,
-            idempotency_key=idempotency_key,
-        )
-        holder = await self._store.insert(v)
-        if holder is not None:  # the same key raced in from another request
-            return self._replayed(holder, phone, reference), False
-        self.on_started(v)
-        return self.resume(v).verification, True
+        if self._stopping:
+            raise Unavailable("The service is stopping; try again shortly.")
+        digest = request_digest(phone, reference) if idempotency_key is not None else b""
+        async with self._one_start(owner, phone):
+            if idempotency_key is not None:
+                holder = await self._store.by_idempotency_key(idempotency_key)
+                if holder is not None:
+                    return self._replayed(holder, digest), False
+            self._limits.admit(phone, owner)
+            pending = self._by_phone.get((owner, phone))
+            if pending is not None:
+                return await self._resend(pending, idempotency_key, digest)
+            return await self._create(phone, reference, owner, idempotency_key, digest)
 
-    async def submit_code(self, verification_id: str, code: str) -> Verification:
+    async def submit_code(
+        self, verification_id: str, code: str, *, owner: str = "-"
+    ) -> Verification:
         """Hand a code to the verification's task and wait until it has been decided."""
-        run = await self._run_of(verification_id)
+        run = await self._run_of(verification_id, owner)
         command = Command("code", self._reply(), code=code, received_at=self._clock())
         return await self._command(run, command)
 
-    async def cancel(self, verification_id: str) -> Verification:
-        run = await self._run_of(verification_id)
+    async def cancel(self, verification_id: str, *, owner: str = "-") -> Verification:
+        run = await self._run_of(verification_id, owner)
         return await self._command(run, Command("cancel", self._reply()))
 
-    async def get(self, verification_id: str) -> Verification:
+    async def get(self, verification_id: str, *, owner: str = "-") -> Verification:
         run = self._runs.get(verification_id)
-        if run is not None:
-            return run.verification
-        v = await self._store.get(verification_id)
-        if v is None:
+        v = run.verification if run is not None else await self._store.get(verification_id)
+        # Another owner's verification is as good as absent: its id alone tells them nothing.
+        if v is None or v.owner != owner:
             raise NotFound(f"Verification '{verification_id}' does not exist.")
         return v
 
-    def resume(self, v: Verification) -> Run:
-        """Arm a task for a pending verification; arming one twice is harmless."""
+    def resume(self, v: Verification, *, charged: bool = False) -> Run:
+        """Arm a task for a pending verification; arming one twice is harmless.
+
+        `charged` says whether its SMS, if it still has to go out, was counted in the limits.
+        """
         run = self._runs.get(v.id)
         if run is None:
             run = self._runs[v.id] = Run(v)
-            self._by_phone[v.phone] = run
-            run.task = asyncio.create_task(self._orchestrate(run))
+            self._by_phone[(v.owner, v.phone)] = run
+            run.task = asyncio.create_task(self._orchestrate(run, charged))
         return run
 
     async def close(self, grace: float) -> None:
         """Stop: idle tasks at once (their state is on disk), busy ones after `grace` seconds."""
+        self._stopping = True
         for run in list(self._runs.values()):
             if run.waiter is not None and run.task is not None:
                 run.task.cancel()
@@ -194,16 +213,67 @@ class Orchestrator:
         for run in list(self._runs.values()):
             self._reap(run, asyncio.CancelledError())
 
+    # -- starting ---------------------------------------------------------------------------------
+
+    async def _create(
+        self,
+        phone: str,
+        reference: str | None,
+        owner: str,
+        key: str | None,
+        digest: bytes,
+    ) -> tuple[Verification, bool]:
+        now = self._clock()
+        v = Verification(
+            id="VE" + secrets.token_hex(16),
+            phone=phone,
+            reference=reference,
+            status=Status.PENDING,
+            salt=self._codes.new_salt(),
+            attempts_left=self._settings.max_attempts,
+            attempts=0,
+            created_at=now,
+            expires_at=now + self._settings.ttl_seconds,
+            owner=owner,
+        )
+        holder = await self._store.insert(v, key, digest)
+        if holder is not None:  # the same key raced in from another request for another number
+            return self._replayed(holder, digest), False
+        self.on_started(v)
+        return self.resume(v, charged=True).verification, True
+
+    async def _resend(self, run: Run, key: str | None, digest: bytes) -> tuple[Verification, bool]:
+        v = run.verification
+        if key is not None:
+            holder = await self._store.remember_key(key, v.id, digest, self._clock())
+            if holder is not None:
+                return self._replayed(holder, digest), False
+        return await self._command(run, Command("resend", self._reply())), False
+
+    @asynccontextmanager
+    async def _one_start(self, owner: str, phone: str) -> AsyncIterator[None]:
+        key = (owner, phone)
+        lock = self._starting.get(key)
+        if lock is None:
+            lock = self._starting[key] = asyncio.Lock()
+        try:
+            async with lock:
+                yield
+        finally:
+            # The last one out takes the lock away: memory follows starts in progress only.
+            if not lock.locked() and self._starting.get(key) is lock:
+                del self._starting[key]
+
     # -- the task ---------------------------------------------------------------------------------
 
-    async def _orchestrate(self, run: Run) -> None:
+    async def _orchestrate(self, run: Run, charged: bool) -> None:
         # One coroutine for the whole life, helpers awaited only between waits: while it waits,
         # this frame and the futures of one asyncio.wait are all that a verification costs.
         loop = asyncio.get_running_loop()
         failure: BaseException | None = None
         try:
-            if run.verification.sms_sent_at is None and not await self._send_challenge(run):
-                return
+            if run.verification.sms_sent_at is None:
+                self._send(run, first=True, charged=charged)
             while run.verification.pending:
                 expires_at = run.verification.expires_at
                 if not run.inbox and expires_at > self._clock():
@@ -218,98 +288,194 @@ class Orchestrator:
                         run.waiter = None
                 command = run.next_command()
                 if command is None:  # the deadline won the race
-                    await self._finish(run, Status.EXPIRED)
+                    await self._decide(run, Status.EXPIRED)
                 else:
                     await self._step(run, command)
         except asyncio.CancelledError as exc:
             failure = exc
             raise
         except Exception as exc:
+            # A bug. The row is still pending on disk, and the next command for it re-arms it.
             failure = exc
-            extra = {"verification_id": run.verification.id}
-            log.error("verification task failed", exc_info=exc, extra=extra)
+            log.exception(
+                "verification task failed", extra={"verification_id": run.verification.id}
+            )
         finally:
             self._reap(run, failure)
 
     async def _step(self, run: Run, command: Command) -> None:
-        try:
-            await self._handle(run, command)
-        except BaseException as exc:
-            _refuse(command, exc)
-            raise
-        self._answer(command, run)
+        """Handle one command; while the store fails, try again for a while, then answer 503."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._write_retry_seconds
+        for delay in _delays():
+            try:
+                await self._handle(run, command)
+            except StoreUnavailable as exc:
+                if loop.time() + delay > give_up_at:
+                    _refuse(command, exc)
+                    return
+                await asyncio.sleep(delay)
+                continue
+            except asyncio.CancelledError:
+                _refuse(command, asyncio.CancelledError())
+                raise
+            except Exception as exc:
+                # A bug must not take the verification with it: this command fails, it lives on.
+                log.exception("command failed", extra={"verification_id": run.verification.id})
+                _refuse(command, Unavailable(f"The command could not be handled: {exc!r}."))
+                return
+            self._answer(command, run)
+            return
 
     async def _handle(self, run: Run, command: Command) -> None:
         v = run.verification
-        if command.kind == "resend":
-            await self._send_challenge(run)
-        elif command.kind == "cancel":
-            command.decided = True
-            await self._finish(run, Status.CANCELED)
+        kind = command.kind
+        if kind == "resend":
+            self._send(run, first=False, charged=True)
+        elif kind == "sent":
+            await self._checkpoint_sms(run, command.code)
+        elif kind == "send_failed":
+            await self._decide(run, Status.FAILED, reason=command.code)
+        elif kind == "cancel":
+            command.decided = await self._finish(run, Status.CANCELED, at=self._clock())
         elif command.received_at >= v.expires_at:
-            await self._finish(run, Status.EXPIRED)
+            await self._finish(run, Status.EXPIRED, at=v.expires_at)
         elif self._codes.matches(v.salt, command.code):
-            command.decided = True
-            await self._finish(run, Status.APPROVED, attempts=v.attempts + 1)
+            command.decided = await self._finish(
+                run, Status.APPROVED, attempts=v.attempts + 1, at=command.received_at
+            )
         elif v.attempts_left <= 1:
-            command.decided = True
-            await self._finish(
-                run, Status.MAX_ATTEMPTS_REACHED, attempts=v.attempts + 1, attempts_left=0
+            command.decided = await self._finish(
+                run,
+                Status.MAX_ATTEMPTS_REACHED,
+                attempts=v.attempts + 1,
+                attempts_left=0,
+                at=command.received_at,
             )
         else:
             spent = replace(v, attempts=v.attempts + 1, attempts_left=v.attempts_left - 1)
-            await self._store.attempted(spent)
-            run.verification = spent
+            if await self._store.attempted(v, spent):
+                run.verification = spent
+            else:
+                await self._reload(run)
+                command.decided = not run.verification.pending
 
-    async def _send_challenge(self, run: Run) -> bool:
-        """The SMS activity: on a permanent failure the verification ends `failed`."""
-        v = run.verification
-        expires_in = _duration(self._settings.ttl_seconds)
-        body = self._template.format(code=self._codes.code(v.salt), expires_in=expires_in)
-        try:
-            sms_id = await self._sender.send(v.phone, body)
-        except SmsError as exc:
-            log.warning("sms failed", extra={"verification_id": v.id, "reason": exc.reason})
-            self.on_sms_failed()
-            await self._finish(run, Status.FAILED, reason=exc.reason)
-            return False
-        self.on_sms_sent()
-        sent = replace(v, sms_id=sms_id, sms_sent_at=self._clock())
-        await self._store.sms_sent(sent)
-        run.verification = replace(
-            run.verification, sms_id=sent.sms_id, sms_sent_at=sent.sms_sent_at
+    # -- the SMS activity -------------------------------------------------------------------------
+
+    def _send(self, run: Run, *, first: bool, charged: bool) -> None:
+        # A resend asked for while a send is in flight goes out after it, not beside it.
+        after = run.sending
+        run.sending = asyncio.create_task(
+            self._send_challenge(run, first=first, charged=charged, after=after)
         )
-        return True
+
+    async def _send_challenge(
+        self, run: Run, *, first: bool, charged: bool, after: asyncio.Task[None] | None
+    ) -> None:
+        """Send the code and report to the verification's task: only a first send can fail it."""
+        v = run.verification
+        try:
+            if after is not None:
+                await after  # cancelling this send cancels the one it waits for too
+            sms_id = await self._challenges.send(v, charged=charged)
+        except SmsError as exc:
+            log.warning(
+                "sms failed", extra={"verification_id": v.id, "reason": exc.reason, "first": first}
+            )
+            if first:
+                run.deliver(Command("send_failed", None, code=exc.reason))
+            return
+        except Exception as exc:
+            # An unexpected error of the sender is a failure of this send, not of the task.
+            log.exception("sms sender failed", extra={"verification_id": v.id})
+            if first:
+                run.deliver(Command("send_failed", None, code=f"sms sender error: {exc!r}"[:200]))
+            return
+        finally:
+            if run.sending is asyncio.current_task():
+                run.sending = None
+        run.deliver(Command("sent", None, code=sms_id))
+
+    async def _checkpoint_sms(self, run: Run, sms_id: str) -> None:
+        sent = replace(run.verification, sms_id=sms_id, sms_sent_at=self._clock())
+        try:
+            applied = await self._store.sms_sent(sent)
+        except StoreUnavailable:
+            # Not on disk: after a crash the same code is sent again, which is all it costs.
+            log.warning("could not record the SMS", extra={"verification_id": sent.id})
+            return
+        if applied:
+            run.verification = sent
+        else:
+            await self._reload(run)
+
+    # -- decisions --------------------------------------------------------------------------------
+
+    async def _decide(self, run: Run, status: Status, *, reason: str | None = None) -> None:
+        """A decision of the deadline or the SMS: tried again until the database takes it.
+
+        Meanwhile, the commands that arrive are answered 503: they cannot be decided either.
+        """
+        at = run.verification.expires_at if status is Status.EXPIRED else self._clock()
+        for delay in _delays():
+            try:
+                await self._finish(run, status, reason=reason, at=at)
+                return
+            except StoreUnavailable as exc:
+                log.warning(
+                    "could not record %s; trying again in %gs",
+                    status.value,
+                    delay,
+                    extra={"verification_id": run.verification.id},
+                )
+                while (command := run.next_command()) is not None:
+                    _refuse(command, exc)
+                await asyncio.sleep(delay)
 
     async def _finish(
         self,
         run: Run,
         status: Status,
         *,
+        at: float,
         reason: str | None = None,
         attempts: int | None = None,
         attempts_left: int | None = None,
-    ) -> None:
+    ) -> bool:
+        """Commit a final status; False if the row was no longer pending (then it is reloaded)."""
         v = run.verification
         final = replace(
             v,
             status=status,
             reason=reason,
-            completed_at=self._clock(),
+            completed_at=at,
             attempts=v.attempts if attempts is None else attempts,
             attempts_left=v.attempts_left if attempts_left is None else attempts_left,
         )
         # The new state is only adopted once committed: memory never runs ahead of the disk.
-        await self._store.finish([final])
+        if v.id not in await self._store.finish([final]):
+            await self._reload(run)
+            return False
         run.verification = final
         log.info("verification %s", status.value, extra={"verification_id": v.id})
         self.on_finished(final)
+        return True
+
+    async def _reload(self, run: Run) -> None:
+        """The row changed under us (it should not: one process owns the file): adopt the disk."""
+        v = run.verification
+        log.error("verification changed outside its task", extra={"verification_id": v.id})
+        stored = await self._store.get(v.id)
+        run.verification = stored if stored is not None else replace(v, status=Status.CANCELED)
 
     def _reap(self, run: Run, failure: BaseException | None) -> None:
         v = run.verification
+        if run.sending is not None:
+            run.sending.cancel()  # a resend still in flight is of no use to anyone now
         self._runs.pop(v.id, None)
-        if self._by_phone.get(v.phone) is run:
-            del self._by_phone[v.phone]
+        key = (v.owner, v.phone)
+        if self._by_phone.get(key) is run:
+            del self._by_phone[key]
         # Whatever was still queued learns the final state, or why it was not handled.
         while (command := run.next_command()) is not None:
             if v.pending:
@@ -319,21 +485,31 @@ class Orchestrator:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    async def _run_of(self, verification_id: str) -> Run:
+    async def _run_of(self, verification_id: str, owner: str) -> Run:
         run = self._runs.get(verification_id)
-        if run is not None:
+        if run is not None and run.verification.owner == owner:
             return run
-        v = await self._store.get(verification_id)
-        if v is None:
-            raise NotFound(f"Verification '{verification_id}' does not exist.")
-        raise NotPending(f"Verification '{verification_id}' is {v.status.value}.", v.view())
+        v = await self.get(verification_id, owner=owner)
+        if not v.pending:
+            raise NotPending(f"Verification '{verification_id}' is {v.status.value}.", v.view())
+        if self._stopping:
+            raise Unavailable("The service is stopping; try again shortly.")
+        # Pending on disk but not armed (its task failed): arm it now, so it can be answered.
+        return self.resume(v)
 
     async def _command(self, run: Run, command: Command) -> Verification:
+        if run.queued >= self._settings.max_queued_commands:
+            raise RateLimited(
+                "Too many requests are waiting for this verification.",
+                retry_after=1.0,
+                code="too_many_requests",
+            )
+        assert command.reply is not None
         run.deliver(command)
         return await command.reply
 
     def _answer(self, command: Command, run: Run) -> None:
-        if command.reply.done():
+        if command.reply is None or command.reply.done():
             return
         v = run.verification
         if v.pending or command.decided or command.kind == "resend":
@@ -343,43 +519,31 @@ class Orchestrator:
                 NotPending(f"Verification '{v.id}' is {v.status.value}.", v.view())
             )
 
-    def _replayed(self, v: Verification, phone: str, reference: str | None) -> Verification:
-        if v.phone != phone or v.reference != reference:
+    def _replayed(self, holder: KeyHolder, digest: bytes) -> Verification:
+        if holder.request_hash != digest:
             raise Unprocessable(
                 "Idempotency-Key was already used with a different request.",
                 code="idempotency_key_reused",
             )
-        run = self._runs.get(v.id)
-        return run.verification if run is not None else v
+        run = self._runs.get(holder.verification.id)
+        return run.verification if run is not None else holder.verification
 
     @staticmethod
     def _reply() -> asyncio.Future[Verification]:
         return asyncio.get_running_loop().create_future()
 
 
+def _delays() -> Iterator[float]:
+    """The store's retry delays, the last repeating for ever."""
+    yield from STORE_RETRY_DELAYS
+    while True:
+        yield STORE_RETRY_DELAYS[-1]
+
+
 def _refuse(command: Command, exc: BaseException) -> None:
-    if command.reply.done():
+    if command.reply is None or command.reply.done():
         return
     if isinstance(exc, asyncio.CancelledError):
         command.reply.set_exception(Unavailable("The service is stopping; try again shortly."))
     else:
         command.reply.set_exception(exc)
-
-
-def _check_template(template: str) -> None:
-    try:
-        text = template.format(code="0", expires_in="1 minute")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(
-            f"Config 'sms.template' may use only {{code}} and {{expires_in}}: {exc!r}."
-        ) from None
-    if "0" not in text or "{code}" not in template:
-        raise ConfigError("Config 'sms.template' must contain {code}.")
-
-
-def _duration(seconds: float) -> str:
-    whole = math.ceil(seconds)
-    if whole % 60 == 0:
-        minutes = whole // 60
-        return f"{minutes} minute" + ("s" if minutes != 1 else "")
-    return f"{whole} second" + ("s" if whole != 1 else "")

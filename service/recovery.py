@@ -30,13 +30,13 @@ class Recovered:
 FREEZE_FROM = 10_000
 
 
-async def recover(store: Store, orchestrator: Orchestrator, clock: Clock) -> Recovered:
+async def recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: float) -> Recovered:
     # Arming 100,000 verifications makes a million long-lived objects; the cyclic collector
     # would walk them again and again while they are made, two thirds of a restart's time.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        result = await _recover(store, orchestrator, clock)
+        result = await _recover(store, orchestrator, clock, ttl)
     finally:
         if enabled:
             gc.enable()
@@ -49,30 +49,55 @@ async def recover(store: Store, orchestrator: Orchestrator, clock: Clock) -> Rec
     return result
 
 
-async def _recover(store: Store, orchestrator: Orchestrator, clock: Clock) -> Recovered:
+async def _recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: float) -> Recovered:
     now = clock()
     pending = await store.pending()
     overdue = [
-        replace(v, status=Status.EXPIRED, completed_at=now) for v in pending if v.expires_at <= now
+        replace(v, status=Status.EXPIRED, completed_at=v.expires_at)
+        for v in pending
+        if v.expires_at <= now
     ]
     if overdue:
-        await store.finish(overdue)
+        applied = await store.finish(overdue)
         for v in overdue:
-            orchestrator.on_finished(v)
-    live = [v for v in pending if v.expires_at > now]
+            if v.id in applied:
+                orchestrator.on_finished(v)
+    live = _capped([v for v in pending if v.expires_at > now], now + ttl)
+    if live.shortened:
+        await store.shorten(live.shortened)
+        log.warning(
+            "%d pending verifications had more than the TTL left (was the clock set back?);"
+            " their deadlines are now at most the TTL away",
+            len(live.shortened),
+        )
     del pending
-    many = len(live) >= FREEZE_FROM
+    many = len(live.all) >= FREEZE_FROM
     if many:
         gc.collect()  # whatever is garbage now goes, so that the freeze below keeps none
-    resumed = _resume(orchestrator, [v for v in live if v.sms_sent_at is not None])
+    resumed = _resume(orchestrator, [v for v in live.all if v.sms_sent_at is not None])
     # One turn of the loop: each of these tasks takes its first step and waits for its code.
     await asyncio.sleep(0)
     if many:
         # They will wait for minutes, then be freed by reference counting: full collections
         # need not walk them. Those that resend their SMS are left out, as they are mid-request.
         gc.freeze()
-    resent = _resume(orchestrator, [v for v in live if v.sms_sent_at is None])
+    resent = _resume(orchestrator, [v for v in live.all if v.sms_sent_at is None])
     return Recovered(resumed=resumed + resent, expired=len(overdue), resent=resent)
+
+
+@dataclass
+class _Live:
+    all: list[Verification]
+    shortened: list[Verification]
+
+
+def _capped(live: list[Verification], latest: float) -> _Live:
+    """No verification keeps more than the TTL: a wall clock set back must not stretch a code."""
+    shortened = [replace(v, expires_at=latest) for v in live if v.expires_at > latest]
+    if not shortened:
+        return _Live(live, [])
+    by_id = {v.id: v for v in shortened}
+    return _Live([by_id.get(v.id, v) for v in live], shortened)
 
 
 def _resume(orchestrator: Orchestrator, verifications: list[Verification]) -> int:

@@ -2,8 +2,8 @@
 
 Every sender raises `SmsRejected` when the provider refuses the message for good (an invalid or
 unreachable number) and `SmsUnavailable` when trying again later may work (5xx, 429, time-out,
-connection error). `RetryingSender` retries only the latter, sleeping between tries the delays kept
-in a list, as tutorcruncher/morpheus does.
+connection error). Retrying is the SMS challenge's business (`service.challenge`): a sender makes
+one try.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import base64
 import logging
 import re
 import uuid
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -132,34 +131,9 @@ class TwilioSender:
         return {"from_": self._settings.from_number}
 
 
-class RetryingSender:
-    """Retries transient failures of `inner`, sleeping `delays[i]` before try `i + 2`."""
-
-    def __init__(self, inner: SmsSender, delays: Sequence[float]) -> None:
-        self.inner = inner
-        self.delays = list(delays)
-
-    async def send(self, to: str, body: str) -> str:
-        for attempt, delay in enumerate(self.delays, start=1):
-            try:
-                return await self.inner.send(to, body)
-            except SmsUnavailable as exc:
-                logger.warning("SMS try %d failed (%s); retrying in %g s", attempt, exc, delay)
-            await asyncio.sleep(delay)
-        tries = len(self.delays) + 1
-        try:
-            return await self.inner.send(to, body)
-        except SmsUnavailable as exc:
-            raise SmsUnavailable(f"{exc.reason} (gave up after {tries} tries)") from exc
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
 def create_sender(settings: SmsSettings) -> SmsSender:
-    """The sender `settings.sender` names, retrying transient failures `settings.retry_delays`."""
-    inner: SmsSender = TwilioSender(settings) if _wants_twilio(settings) else ConsoleSender()
-    return RetryingSender(inner, settings.retry_delays)
+    """The sender `settings.sender` names."""
+    return TwilioSender(settings) if _wants_twilio(settings) else ConsoleSender()
 
 
 def _wants_twilio(settings: SmsSettings) -> bool:

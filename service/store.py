@@ -14,15 +14,26 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiosqlite
 
 from notifier.messages import OutboxRecord, outcome_body
-from service.models import Status, Verification, rfc3339
+from service.errors import StoreUnavailable
+from service.models import Status, Verification, request_digest, rfc3339
 from service.writer import WriterThread
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolder:
+    """The verification an idempotency key was first used for, and a digest of that request."""
+
+    verification: Verification
+    request_hash: bytes
+
 
 T = TypeVar("T")
 #: A write runs on the writer thread, inside the batch's transaction.
@@ -30,8 +41,24 @@ Write = Callable[[sqlite3.Connection], T]
 #: What a write came to: its result, or the exception that rolled it back.
 Outcome = tuple[bool, Any]
 
-#: Ordered migrations; the database records how many it has applied.
-MIGRATIONS: tuple[str, ...] = (
+
+
+def _move_idempotency_keys(db: sqlite3.Connection) -> None:
+    """Keys recorded on verifications before migration 2 move to their own table."""
+    rows = db.execute(
+        "SELECT idempotency_key, id, phone, reference, created_at FROM verifications"
+        " WHERE idempotency_key IS NOT NULL"
+    ).fetchall()
+    db.executemany(
+        "INSERT OR IGNORE INTO idempotency_keys (key, verification_id, request_hash, created_at)"
+        " VALUES (?,?,?,?)",
+        [(key, vid, request_digest(phone, ref), at) for key, vid, phone, ref, at in rows],
+    )
+    db.execute("UPDATE verifications SET idempotency_key = NULL")
+
+
+#: Ordered migrations, SQL scripts or functions; the database records how many it has applied.
+MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """
     CREATE TABLE verifications (
         id TEXT PRIMARY KEY,
@@ -68,11 +95,30 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;
     CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
     """,
+    """
+    -- Tenancy: a verification belongs to the API key (its fingerprint) that started it.
+    ALTER TABLE verifications ADD COLUMN owner TEXT NOT NULL DEFAULT '-';
+    -- Idempotency keys of every start, the ones that resent a pending verification included;
+    -- the request is kept as a digest of its phone and reference, never in the clear.
+    CREATE TABLE idempotency_keys (
+        key TEXT PRIMARY KEY,
+        verification_id TEXT NOT NULL,
+        request_hash BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+    -- A record SQS refused is tried again later, with back-off, instead of blocking the others.
+    ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN last_error TEXT;
+    CREATE INDEX outbox_due ON outbox (next_attempt_at, seq) WHERE sent_at IS NULL;
+    """,
+    _move_idempotency_keys,
 )
 
 COLUMNS = (
     "id, phone, reference, status, salt, attempts_left, attempts, created_at, expires_at,"
-    " completed_at, sms_sent_at, sms_id, reason, idempotency_key"
+    " completed_at, sms_sent_at, sms_id, reason, owner"
 )
 
 #: A purge works in chunks of this many rows, so it never holds the writer for long.
@@ -112,23 +158,26 @@ class Store:
         self._reader = reader
         self._queue: asyncio.Queue[tuple[Write[Any], asyncio.Future[Any]]] = asyncio.Queue()
         self._closed = False
+        self._failing_since: float | None = None
         self._task = asyncio.create_task(self._write_loop(), name="store-writer")
         #: Called after an outcome is committed to the outbox (the publisher's wake-up).
         self.on_outcome: Callable[[], None] = lambda: None
 
     @classmethod
-    async def open(cls, path: str, *, synchronous: str = "FULL") -> Store:
+    async def open(
+        cls, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000
+    ) -> Store:
         # One thread owns the writing connection for its whole life: sqlite3 objects stay on it.
         thread = WriterThread("store-writer")
         try:
-            writer = await thread.call(_open_writer, path, synchronous)
+            writer = await thread.call(_open_writer, path, synchronous, busy_timeout_ms)
         except BaseException:
             thread.stop()
             raise
         try:
             reader = await aiosqlite.connect(path, isolation_level=None)
             # As for the writer: wait for a lock rather than fail (a checkpoint may hold one).
-            await reader.execute("PRAGMA busy_timeout = 5000")
+            await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         except BaseException:
             await thread.call(writer.close)
             thread.stop()
@@ -148,73 +197,116 @@ class Store:
 
     # -- verifications -------------------------------------------------------------------------
 
-    async def insert(self, v: Verification) -> Verification | None:
-        """Record a new verification; if its idempotency key is taken, return the holder instead."""
+    async def insert(
+        self, v: Verification, key: str | None = None, digest: bytes = b""
+    ) -> KeyHolder | None:
+        """Record a new verification and its idempotency key, if any, in one transaction.
 
-        def write(db: sqlite3.Connection) -> Verification | None:
-            cursor = db.execute(
-                f"INSERT INTO verifications ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (idempotency_key) DO NOTHING",
+        If the key is already taken, nothing is written and its holder is returned instead.
+        """
+
+        def write(db: sqlite3.Connection) -> KeyHolder | None:
+            if key is not None:
+                holder = _claim_key(db, key, v.id, digest, v.created_at)
+                if holder is not None:
+                    return holder
+            db.execute(
+                f"INSERT INTO verifications ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 _row(v),
             )
-            if cursor.rowcount == 1:
-                return None
-            row = db.execute(
-                f"SELECT {COLUMNS} FROM verifications WHERE idempotency_key = ?",
-                (v.idempotency_key,),
-            ).fetchone()
-            return _verification(row)
+            return None
 
         return await self._write(write)
 
-    async def get(self, verification_id: str) -> Verification | None:
-        return await _select_one(self._reader, "id = ?", verification_id)
+    async def remember_key(
+        self, key: str, verification_id: str, digest: bytes, at: float
+    ) -> KeyHolder | None:
+        """Record that `key` was answered with an existing verification (a resend).
 
-    async def by_idempotency_key(self, key: str) -> Verification | None:
-        return await _select_one(self._reader, "idempotency_key = ?", key)
+        If the key is already taken, its holder is returned and nothing is written.
+        """
+        return await self._write(lambda db: _claim_key(db, key, verification_id, digest, at))
+
+    async def get(self, verification_id: str) -> Verification | None:
+        return await self._select_one("id = ?", verification_id)
+
+    async def by_idempotency_key(self, key: str) -> KeyHolder | None:
+        rows = await self._read(
+            "SELECT verification_id, request_hash FROM idempotency_keys WHERE key = ?", (key,)
+        )
+        if not rows:
+            return None
+        verification_id, digest = rows[0]
+        v = await self.get(verification_id)
+        # A key outlives its verification by at most one retention sweep: then it is unused.
+        return KeyHolder(v, bytes(digest)) if v is not None else None
 
     async def pending(self) -> list[Verification]:
-        rows = await self._reader.execute_fetchall(
-            f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending'"
-        )
+        rows = await self._read(f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending'")
         return [_verification(r) for r in rows]
 
-    async def sms_sent(self, v: Verification) -> None:
-        await self._execute(
+    async def sms_sent(self, v: Verification) -> bool:
+        """Checkpoint the SMS; False if the verification is no longer pending."""
+        return await self._update(
             "UPDATE verifications SET sms_sent_at = ?, sms_id = ?"
             " WHERE id = ? AND status = 'pending'",
             (v.sms_sent_at, v.sms_id, v.id),
         )
 
-    async def attempted(self, v: Verification) -> None:
-        """Checkpoint a wrong code: attempts are spent on disk before the caller hears of it."""
-        await self._execute(
+    async def attempted(self, before: Verification, after: Verification) -> bool:
+        """Checkpoint a wrong code: attempts are spent on disk before the caller hears of it.
+
+        Conditional on the row being as `before` says, so a change made meanwhile by someone
+        else is never overwritten: then nothing is written and the answer is False.
+        """
+        return await self._update(
             "UPDATE verifications SET attempts_left = ?, attempts = ?"
-            " WHERE id = ? AND status = 'pending'",
-            (v.attempts_left, v.attempts, v.id),
+            " WHERE id = ? AND status = 'pending' AND attempts = ?",
+            (after.attempts_left, after.attempts, after.id, before.attempts),
         )
 
-    async def finish(self, finished: Sequence[Verification]) -> None:
-        """Write final states and their outbox records in one transaction."""
+    async def shorten(self, verifications: Sequence[Verification]) -> None:
+        """Bring deadlines forward (never back): a clock set back must not stretch a code's life."""
 
         def write(db: sqlite3.Connection) -> None:
             db.executemany(
-                "UPDATE verifications SET status = ?, attempts_left = ?, attempts = ?,"
-                " completed_at = ?, reason = ? WHERE id = ? AND status = 'pending'",
-                [
-                    (v.status.value, v.attempts_left, v.attempts, v.completed_at, v.reason, v.id)
-                    for v in finished
-                ],
-            )
-            now = time.time()
-            db.executemany(
-                "INSERT INTO outbox (verification_id, status, body, created_at) VALUES (?,?,?,?)"
-                " ON CONFLICT (verification_id) DO NOTHING",
-                [(v.id, v.status.value, _outcome(v), now) for v in finished],
+                "UPDATE verifications SET expires_at = ?"
+                " WHERE id = ? AND status = 'pending' AND expires_at > ?",
+                [(v.expires_at, v.id, v.expires_at) for v in verifications],
             )
 
         await self._write(write)
-        self.on_outcome()
+
+    async def finish(self, finished: Sequence[Verification]) -> set[str]:
+        """Write final states and their outbox records in one transaction.
+
+        Only verifications still pending on disk change; the ids of those that did are returned,
+        and only they get an outcome: a verification is decided once, whatever retries happen.
+        """
+
+        def write(db: sqlite3.Connection) -> set[str]:
+            applied = set()
+            now = time.time()
+            for v in finished:
+                cursor = db.execute(
+                    "UPDATE verifications SET status = ?, attempts_left = ?, attempts = ?,"
+                    " completed_at = ?, reason = ? WHERE id = ? AND status = 'pending'",
+                    (v.status.value, v.attempts_left, v.attempts, v.completed_at, v.reason, v.id),
+                )
+                if cursor.rowcount != 1:
+                    continue
+                applied.add(v.id)
+                db.execute(
+                    "INSERT INTO outbox (verification_id, status, body, created_at)"
+                    " VALUES (?,?,?,?) ON CONFLICT (verification_id) DO NOTHING",
+                    (v.id, v.status.value, _outcome(v), now),
+                )
+            return applied
+
+        applied = await self._write(write)
+        if applied:
+            self.on_outcome()
+        return applied
 
     # -- the outbox (notifier.publisher.Outbox) ---------------------------------------------------
 
@@ -268,19 +360,46 @@ class Store:
 
     # -- the writer -------------------------------------------------------------------------------
 
-    async def _execute(self, sql: str, params: tuple[Any, ...]) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(sql, params)
+    @property
+    def healthy(self) -> bool:
+        """False from a failed write until the next one that succeeds."""
+        return self._failing_since is None
 
-        await self._write(write)
+    async def probe(self) -> bool:
+        """Try to take the write lock (and give it back); True if the database takes writes."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._write(lambda db: None)
+        return self.healthy
+
+    async def _update(self, sql: str, params: tuple[Any, ...]) -> bool:
+        return bool(await self._write(lambda db: db.execute(sql, params).rowcount == 1))
+
+    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.DatabaseError as exc:
+            raise _unavailable(exc) from exc
+
+    async def _select_one(self, where: str, value: Any) -> Verification | None:
+        rows = await self._read(f"SELECT {COLUMNS} FROM verifications WHERE {where}", (value,))
+        return _verification(rows[0]) if rows else None
 
     async def _write(self, write: Write[T]) -> T:
         if self._closed:
-            raise RuntimeError("The store is closed.")
+            raise StoreUnavailable("The database is closed: the service is stopping.")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((write, future))
-        # Shielded: a caller that gives up must not stop the write, which may already be committed.
-        return await asyncio.shield(future)
+        try:
+            # Shielded: a caller that gives up must not stop the write, which may be committed.
+            result = await asyncio.shield(future)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+                raise  # a bug, not the database's state: no retry would help
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+            raise _unavailable(exc) from exc
+        self._failing_since = None
+        return result
 
     async def _write_loop(self) -> None:
         while True:
@@ -345,15 +464,16 @@ def _transaction(db: sqlite3.Connection, writes: list[Write[Any]]) -> list[Any]:
     return results
 
 
-def _open_writer(path: str, synchronous: str) -> sqlite3.Connection:
+def _open_writer(path: str, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
     # isolation_level=None: transactions are begun explicitly, as IMMEDIATE, by the writer.
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     # WAL: readers never block the writer, and a commit is one append to the log.
     db.execute("PRAGMA journal_mode = WAL")
     # FULL syncs the log on every commit, so an acknowledged transition survives power loss too.
     db.execute(f"PRAGMA synchronous = {synchronous}")
-    # Another process holding the lock (a second instance by mistake) waits instead of failing.
-    db.execute("PRAGMA busy_timeout = 5000")
+    # Another process holding the lock (a backup, a person with the sqlite3 shell) is waited for
+    # this long; past it the write fails, and the caller is told 503, with nothing changed.
+    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     db.execute("PRAGMA foreign_keys = ON")
     _migrate(db)
     return db
@@ -365,9 +485,12 @@ def _migrate(db: sqlite3.Connection) -> None:
     version = rows[0][0] if rows else 0
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
 
-        def migrate(db: sqlite3.Connection, script: str = script, number: int = number) -> None:
-            for statement in _statements(script):
-                db.execute(statement)
+        def migrate(db: sqlite3.Connection, script: Any = script, number: int = number) -> None:
+            if callable(script):
+                script(db)
+            else:
+                for statement in _statements(script):
+                    db.execute(statement)
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
 
@@ -380,19 +503,40 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-async def _select_one(db: aiosqlite.Connection, where: str, value: Any) -> Verification | None:
-    rows = list(
-        await db.execute_fetchall(f"SELECT {COLUMNS} FROM verifications WHERE {where}", (value,))
+def _claim_key(
+    db: sqlite3.Connection, key: str, verification_id: str, digest: bytes, at: float
+) -> KeyHolder | None:
+    cursor = db.execute(
+        "INSERT INTO idempotency_keys (key, verification_id, request_hash, created_at)"
+        " VALUES (?,?,?,?) ON CONFLICT (key) DO NOTHING",
+        (key, verification_id, digest, at),
     )
-    return _verification(rows[0]) if rows else None
+    if cursor.rowcount == 1:
+        return None
+    held_by, held_digest = db.execute(
+        "SELECT verification_id, request_hash FROM idempotency_keys WHERE key = ?", (key,)
+    ).fetchone()
+    row = db.execute(f"SELECT {COLUMNS} FROM verifications WHERE id = ?", (held_by,)).fetchone()
+    if row is None:  # its verification was purged: the key is free again
+        db.execute(
+            "UPDATE idempotency_keys SET verification_id = ?, request_hash = ?, created_at = ?"
+            " WHERE key = ?",
+            (verification_id, digest, at, key),
+        )
+        return None
+    return KeyHolder(_verification(row), bytes(held_digest))
+
+
+def _unavailable(exc: sqlite3.DatabaseError) -> StoreUnavailable:
+    # The message names the cause (locked, full, I/O) without any of the data.
+    return StoreUnavailable(f"The database is unavailable ({exc}); try again shortly.")
 
 
 def _row(v: Verification) -> tuple[Any, ...]:
     # Spelled out: dataclasses.astuple deep-copies, and this runs for every start.
     return (
         v.id, v.phone, v.reference, v.status.value, v.salt, v.attempts_left, v.attempts,
-        v.created_at, v.expires_at, v.completed_at, v.sms_sent_at, v.sms_id, v.reason,
-        v.idempotency_key,
+        v.created_at, v.expires_at, v.completed_at, v.sms_sent_at, v.sms_id, v.reason, v.owner,
     )  # fmt: skip
 
 

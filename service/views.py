@@ -26,7 +26,7 @@ async def start(request: web.Request) -> web.Response:
     scoped_key = f"{request[api_key_id]}:{key}" if key is not None else None
     orchestrator = request.app[orchestrator_key]
     v, created = await orchestrator.start(
-        phone, reference, caller=request[api_key_id], idempotency_key=scoped_key
+        phone, reference, owner=request[api_key_id], idempotency_key=scoped_key
     )
     headers = {"Location": f"/verifications/{v.id}"}
     if not created:
@@ -38,16 +38,19 @@ async def submit_code(request: web.Request) -> web.Response:
     settings = request.app[settings_key].verification
     body = await _json_object(request, allowed={"code"})
     code = validation.code(_required(body, "code"), settings.code_length)
-    v = await request.app[orchestrator_key].submit_code(request.match_info["id"], code)
+    orchestrator = request.app[orchestrator_key]
+    v = await orchestrator.submit_code(request.match_info["id"], code, owner=request[api_key_id])
     return _view(v)
 
 
 async def get(request: web.Request) -> web.Response:
-    return _view(await request.app[orchestrator_key].get(request.match_info["id"]))
+    orchestrator = request.app[orchestrator_key]
+    return _view(await orchestrator.get(request.match_info["id"], owner=request[api_key_id]))
 
 
 async def cancel(request: web.Request) -> web.Response:
-    return _view(await request.app[orchestrator_key].cancel(request.match_info["id"]))
+    orchestrator = request.app[orchestrator_key]
+    return _view(await orchestrator.cancel(request.match_info["id"], owner=request[api_key_id]))
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ import pytest
 
 from service.config import Secret, SmsSettings
 from service.errors import ConfigError, SmsRejected, SmsUnavailable
-from service.sms import ConsoleSender, RetryingSender, TwilioSender, create_sender
+from service.sms import ConsoleSender, TwilioSender, create_sender
 from tests.twilio_server import MAGIC_NUMBERS, TwilioServer
 
 TO = "+14155550123"
@@ -132,39 +132,6 @@ async def test_refused_connection_is_unavailable(twilio: TwilioServer) -> None:
         await sender.close()
 
 
-async def test_retrying_sender_recovers_from_two_failures(
-    twilio: TwilioServer, sender: TwilioSender
-) -> None:
-    twilio.set_faults("error500", count=2)
-
-    sid = await RetryingSender(sender, [0.01, 0.01, 0.01]).send(TO, "code 123456")
-
-    assert twilio.attempts == 3
-    assert [m.sid for m in twilio.messages] == [sid]
-
-
-async def test_retrying_sender_gives_up_after_the_delays(
-    twilio: TwilioServer, sender: TwilioSender
-) -> None:
-    twilio.set_faults("error500")
-    started = time.monotonic()
-
-    with pytest.raises(SmsUnavailable, match=r"\(gave up after 3 tries\)$"):
-        await RetryingSender(sender, [0.05, 0.1]).send(TO, "code 123456")
-
-    assert time.monotonic() - started >= 0.15
-    assert twilio.attempts == 3
-
-
-async def test_retrying_sender_does_not_retry_a_rejection(
-    twilio: TwilioServer, sender: TwilioSender
-) -> None:
-    with pytest.raises(SmsRejected, match="twilio 21211"):
-        await RetryingSender(sender, [0.01, 0.01]).send("+15005550001", "code 123456")
-
-    assert twilio.attempts == 1
-
-
 async def test_console_sender_prints(capsys: pytest.CaptureFixture[str]) -> None:
     sid = await ConsoleSender().send(TO, "Your code is 123456.")
 
@@ -172,15 +139,14 @@ async def test_console_sender_prints(capsys: pytest.CaptureFixture[str]) -> None
     assert sid.startswith("console-")
 
 
-async def test_create_sender_sends_through_twilio_with_retries(twilio: TwilioServer) -> None:
-    twilio.set_faults("error500", count=1)
+async def test_create_sender_sends_through_twilio(twilio: TwilioServer) -> None:
     sender = create_sender(settings_for(twilio, sender="auto"))
     try:
         await sender.send(TO, "code 123456")
     finally:
         await sender.close()
 
-    assert isinstance(sender, RetryingSender) and isinstance(sender.inner, TwilioSender)
+    assert isinstance(sender, TwilioSender)
     assert twilio.code_for(TO) == "123456"
 
 
@@ -197,8 +163,7 @@ async def test_create_sender_chooses(changes: dict[str, Any], expected: type) ->
     sender = create_sender(dataclasses.replace(SmsSettings(from_number=FROM), **changes))
     await sender.close()
 
-    assert isinstance(sender, RetryingSender) and isinstance(sender.inner, expected)
-    assert sender.delays == list(SmsSettings().retry_delays)
+    assert isinstance(sender, expected)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,120 @@
+"""The SMS challenge: the activity that sends a verification's code, with its retry policy.
+
+Like a durable-execution activity, it belongs to the workflow that runs it: the orchestrator
+decides what a failure means (only the first send can end a verification `failed`). This module
+decides how a send is tried: transient failures are retried with the delays kept in a list (as
+tutorcruncher/morpheus does), no try starts after the deadline, every try after the first is
+charged to the limits like any other SMS, and a semaphore paces how many are in flight at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from service.codes import CodeBook
+from service.config import SmsSettings
+from service.errors import ConfigError, SmsError, SmsRejected, SmsUnavailable
+from service.limits import Limits
+from service.models import Verification
+from service.sms import SmsSender
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+class Challenges:
+    """Sends challenges through `sender`; `on_sent` and `on_failed` are told of each (metrics)."""
+
+    def __init__(
+        self,
+        sender: SmsSender,
+        codes: CodeBook,
+        limits: Limits,
+        settings: SmsSettings,
+        clock: Clock = time.time,
+    ) -> None:
+        check_template(settings.template)
+        if settings.max_concurrent_sends < 1:
+            raise ConfigError("Config 'sms.max_concurrent_sends' must be positive.")
+        self._sender = sender
+        self._codes = codes
+        self._limits = limits
+        self._template = settings.template
+        self._delays = settings.retry_delays
+        self._clock = clock
+        self._in_flight = asyncio.Semaphore(settings.max_concurrent_sends)
+        self.on_sent: Callable[[], None] = lambda: None
+        self.on_failed: Callable[[], None] = lambda: None
+
+    async def send(self, v: Verification, *, charged: bool) -> str:
+        """Send `v`'s code and return the provider's message id, or raise `SmsError`.
+
+        `charged` says whether the first try was already counted against the limits (a start
+        is; a resend after a restart is not).
+        """
+        last: SmsUnavailable | None = None
+        for attempt in range(len(self._delays) + 1):
+            if attempt > 0:
+                await asyncio.sleep(min(self._delays[attempt - 1], self._left(v)))
+            if (attempt > 0 or not charged) and not self._limits.charge(v.phone):
+                raise self._failed(SmsRejected("the SMS limit for this number is reached"))
+            try:
+                return await self._try(v)
+            except SmsUnavailable as exc:
+                last = exc
+                log.warning(
+                    "SMS try %d failed (%s)",
+                    attempt + 1,
+                    exc.reason,
+                    extra={"verification_id": v.id},
+                )
+            except SmsError as exc:
+                raise self._failed(exc) from None
+        assert last is not None
+        tries = len(self._delays) + 1
+        raise self._failed(SmsUnavailable(f"{last.reason} (gave up after {tries} tries)"))
+
+    async def _try(self, v: Verification) -> str:
+        async with self._in_flight:
+            # Checked once a place is had: waiting for one may have taken the time that was left.
+            left = self._left(v)
+            if left <= 0:
+                raise SmsRejected("the verification expired before its SMS could be sent")
+            body = self._template.format(code=self._codes.code(v.salt), expires_in=duration(left))
+            sms_id = await self._sender.send(v.phone, body)
+        self.on_sent()
+        return sms_id
+
+    def _left(self, v: Verification) -> float:
+        return max(0.0, v.expires_at - self._clock())
+
+    def _failed(self, exc: SmsError) -> SmsError:
+        self.on_failed()
+        return exc
+
+
+def check_template(template: str) -> None:
+    """Refuse, at start-up, a template that cannot be filled in or would not show the code."""
+    try:
+        text = template.format(code="0", expires_in="1 minute")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"Config 'sms.template' may use only {{code}} and {{expires_in}}: {exc!r}."
+        ) from None
+    if "0" not in text or "{code}" not in template:
+        raise ConfigError("Config 'sms.template' must contain {code}.")
+
+
+def duration(seconds: float) -> str:
+    """The time left as people say it, rounded down so that it never promises too much."""
+    whole = max(1, math.floor(seconds))
+    if whole >= 120:
+        minutes = whole // 60
+        return f"{minutes} minutes"
+    if whole % 60 == 0:
+        return "1 minute"
+    return f"{whole} second" + ("s" if whole != 1 else "")
