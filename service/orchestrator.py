@@ -382,7 +382,8 @@ class Orchestrator:
             log.warning(
                 "sms failed", extra={"verification_id": v.id, "reason": exc.reason, "first": first}
             )
-            if first:
+            # Out of time, the deadline decides: the verification expired, whatever the SMS did.
+            if first and self._clock() < v.expires_at:
                 run.deliver(Command("send_failed", None, code=exc.reason))
             return
         except Exception as exc:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +144,29 @@ async def test_sigkill_before_sms_confirmed_resends_the_same_code(
             json={"code": first.code},
         )
         assert (status, body["status"]) == (200, "approved"), service.logs()
+
+
+async def test_a_clock_set_back_does_not_stretch_a_codes_life(
+    make_settings: MakeSettings, make_client: MakeClient, twilio: TwilioServer
+) -> None:
+    settings = make_settings(verification={"ttl_seconds": 30.0})
+    first = await make_client(settings)
+    view = await start(first, PHONE)
+    await twilio.wait_for_message(PHONE)
+    await first.close()
+    # As if the wall clock was an hour ahead when it started, and has since been set right.
+    with sqlite3.connect(settings.database.path) as db:
+        db.execute("UPDATE verifications SET expires_at = expires_at + 3600")
+
+    second = await make_client(settings)
+    r = await second.get(f"/verifications/{view['id']}", headers=AUTH)
+    body = await r.json()
+
+    assert _seconds(body["expires_at"]) <= time.time() + 30.0, body
+    with sqlite3.connect(settings.database.path) as db:
+        (expires_at,) = db.execute("SELECT expires_at FROM verifications").fetchone()
+    assert expires_at <= time.time() + 30.0  # on disk too: a second restart gives no more
+
+
+def _seconds(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()

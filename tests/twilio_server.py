@@ -4,9 +4,11 @@ It accepts `POST /2010-04-01/Accounts/{sid}/Messages.json` as Twilio does (form 
 auth, the same JSON for a message and for an error), records what it was sent, refuses the magic
 numbers Twilio's test credentials refuse, and fails on demand:
 
-    POST   /_test/faults      {"mode": "none"|"error500"|"hang"|"accept_then_hang", "count": N}
+    POST   /_test/faults      {"mode": "none"|"error500"|"hang"|"accept_then_hang"|"garbage",
+                               "count": N}
                               (count: optional; accept_then_hang records the message, then never
-                              answers: Twilio took it but the answer was lost)
+                              answers: Twilio took it but the answer was lost; garbage answers
+                              201 with a body that is not JSON, which the SDK does not expect)
     GET    /_test/messages    ?to=+1...  the recorded messages, each with the code it carries
     DELETE /_test/messages    forget them
 
@@ -30,7 +32,7 @@ from aiohttp import BasicAuth, web
 
 ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "test-auth-token"
-FAULT_MODES = ("none", "error500", "hang", "accept_then_hang")
+FAULT_MODES = ("none", "error500", "hang", "accept_then_hang", "garbage")
 
 #: The refusals Twilio's test credentials give for these `To` numbers.
 MAGIC_NUMBERS: dict[str, tuple[int, str]] = {
@@ -104,6 +106,10 @@ class TwilioServer:
         self.messages: list[Message] = []
         #: Every request to Messages.json, faulted and refused ones included.
         self.attempts = 0
+        #: Seconds each request takes before it is answered, and the most answered at once.
+        self.delay = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._by_to: dict[str, list[Message]] = {}
         self._waited: dict[str, int] = {}
         self._arrivals: dict[str, list[asyncio.Future[None]]] = {}
@@ -193,11 +199,23 @@ class TwilioServer:
 
     async def _create(self, request: web.Request) -> web.Response:
         self.attempts += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.Response:
         fault = self._take_fault()
         if fault == "hang":
             await asyncio.Future()  # never done: cancelled when the client gives up
         if fault == "error500":
             return _error(500, 20500, "Internal Server Error")
+        if fault == "garbage":
+            return web.Response(status=201, text="<html>proxy says hello</html>")
         if not _authorized(request):
             return _error(401, 20003, "Authentication Error - No credentials provided")
         form = await request.post()
