@@ -24,7 +24,7 @@ from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from service.challenge import Challenges
 from service.codes import CodeBook
@@ -99,6 +99,14 @@ class Run:
         return len(self.inbox) if self.inbox else 0
 
 
+@dataclass(slots=True, eq=False)
+class _Turn:
+    """Starts for one (owner, phone) take turns; `users` counts the one in and those waiting."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class Orchestrator:
     """Starts, resumes and steers verifications; knows nothing of HTTP."""
 
@@ -124,7 +132,7 @@ class Orchestrator:
         #: The pending verification of each (owner, phone): one at a time for each.
         self._by_phone: dict[tuple[str, str], Run] = {}
         #: Starts in progress, by (owner, phone): concurrent starts for one number queue here.
-        self._starting: dict[tuple[str, str], asyncio.Lock] = {}
+        self._starting: dict[tuple[str, str], _Turn] = {}
         self._stopping = False
         #: Called with each verification that reached a final status (metrics).
         self.on_finished: Callable[[Verification], None] = lambda v: None
@@ -198,10 +206,15 @@ class Orchestrator:
         return run
 
     async def close(self, grace: float) -> None:
-        """Stop: idle tasks at once (their state is on disk), busy ones after `grace` seconds."""
+        """Stop: idle tasks at once (their state is on disk), busy ones after `grace` seconds.
+
+        A second call, while or after the first runs, finds nothing left to stop.
+        """
         self._stopping = True
         for run in list(self._runs.values()):
-            if run.waiter is not None and run.task is not None:
+            # An SMS in flight gets the grace too: cut short, Twilio may have taken it, and the
+            # restart would send it again.
+            if run.waiter is not None and run.task is not None and run.sending is None:
                 run.task.cancel()
         busy = [r.task for r in self._runs.values() if r.task is not None and not r.task.done()]
         if busy:
@@ -253,15 +266,17 @@ class Orchestrator:
     @asynccontextmanager
     async def _one_start(self, owner: str, phone: str) -> AsyncIterator[None]:
         key = (owner, phone)
-        lock = self._starting.get(key)
-        if lock is None:
-            lock = self._starting[key] = asyncio.Lock()
+        turn = self._starting.get(key)
+        if turn is None:
+            turn = self._starting[key] = _Turn()
+        turn.users += 1
         try:
-            async with lock:
+            async with turn.lock:
                 yield
         finally:
-            # The last one out takes the lock away: memory follows starts in progress only.
-            if not lock.locked() and self._starting.get(key) is lock:
+            # The last one out takes it away, waiters counted: memory follows starts in progress.
+            turn.users -= 1
+            if turn.users == 0:
                 del self._starting[key]
 
     # -- the task ---------------------------------------------------------------------------------
