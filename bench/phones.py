@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import phonenumbers
 
+from service.config import LimitSettings
+from service.destinations import NUMBER_TYPES
+
 #: +1 NPA 555 XXXX; the area codes whose 555 exchange phonenumbers accepts are found at run time.
 EXCHANGE = "555"
 PER_AREA = 10_000
+#: The types the service sends to by default: a toll-free 800 or premium-rate 900 number is refused.
+SMS_TYPES = frozenset(NUMBER_TYPES[name] for name in LimitSettings().allowed_number_types)
 
 
 def _valid(number: str) -> bool:
-    return bool(phonenumbers.is_valid_number(phonenumbers.parse(number, None)))
+    parsed = phonenumbers.parse(number, None)
+    return phonenumbers.is_valid_number(parsed) and phonenumbers.number_type(parsed) in SMS_TYPES
 
 
 def _areas() -> list[int]:
@@ -23,7 +29,7 @@ def _areas() -> list[int]:
 
 
 def phone_numbers(count: int, offset: int = 0) -> list[str]:
-    """`count` distinct E.164 numbers, each checked with `phonenumbers.is_valid_number`.
+    """`count` distinct E.164 numbers, each valid and of a type the service sends SMS to.
 
     Numbers `offset` to `offset + count` of one fixed sequence, so runs that must not share a
     number take different offsets.

@@ -7,10 +7,13 @@ very same code again after a crash.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
+import stat
+import tempfile
 from pathlib import Path
 
 from service.config import DatabaseSettings
@@ -56,6 +59,7 @@ def load_secret(settings: DatabaseSettings) -> bytes:
     path = Path(settings.secret_file or f"{settings.path}.secret")
     if not path.exists():
         _create_secret_file(path)
+    _check_private(path)
     try:
         return bytes.fromhex(path.read_text().strip())
     except ValueError:
@@ -63,13 +67,35 @@ def load_secret(settings: DatabaseSettings) -> bytes:
 
 
 def _create_secret_file(path: Path) -> None:
+    """Write a secret to a file of its own, on disk, then link it in: never seen half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL: two processes starting at once must not each write a different secret.
+    # mkstemp makes the file 0600, and in the same directory, where a link to it can be made.
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_hex(SECRET_BYTES) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_hex(SECRET_BYTES) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        # A link, not a rename: it fails if the file exists, as O_EXCL did, so of two processes
+        # starting at once the first one's secret stays and the other reads it.
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+    # The new name is on disk only once its directory is: a power cut must not lose the secret
+    # after codes derived from it were sent.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _check_private(path: Path) -> None:
+    """Refuse a secret others may read: with it and the database, every code can be derived."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"The code secret file '{path}' has mode {mode:04o}, which lets other users read or"
+            f" change it: run `chmod 600 {path}`."
+        )

@@ -1,9 +1,10 @@
 """Limits on starts: the defences against SMS pumping and runaway callers.
 
-Every start that would send an SMS passes `admit` first: the destination's country must be allowed,
-the number must not have had too many SMS lately (Twilio Verify's 5 in 10 minutes), the caller's
-API key must be under its rate, and the whole service under its SMS budget. The windows live in
-memory: a restart forgets them, which errs on the side of the people waiting for a code.
+Every start that would send an SMS passes `admit` first: the destination must be allowed (its
+country and number type: `service.destinations`), the number must not have had too many SMS lately
+(Twilio Verify's 5 in 10 minutes), the caller's API key must be under its rate, and the whole
+service under its SMS budget. The windows live in memory: a restart forgets them, which errs on
+the side of the people waiting for a code.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from collections import deque
 from collections.abc import Callable
 
 from service.config import LimitSettings
+from service.destinations import Destinations
 from service.errors import ConfigError, RateLimited, Unprocessable
-from service.validation import country_code
 
 Clock = Callable[[], float]
 
@@ -79,13 +80,15 @@ def check_settings(settings: LimitSettings) -> None:
     ):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"Config 'limits.{name}' must be positive.")
+    Destinations.from_settings(settings)
 
 
 class Limits:
     def __init__(self, settings: LimitSettings, clock: Clock = time.time) -> None:
         self._settings = settings
         self._clock = clock
-        self._countries = frozenset(settings.allowed_country_codes)
+        self._destinations = Destinations.from_settings(settings)
+        self._destinations.warn_of_shared_codes()
         self._per_phone = SlidingWindow(
             settings.sms_per_phone, settings.sms_per_phone_window_seconds
         )
@@ -99,12 +102,11 @@ class Limits:
         """Count one SMS to `phone` for `caller`, or raise without counting anything."""
         now = self._clock()
         self._sweep(now)
-        if self._countries and country_code(phone) not in self._countries:
-            self._refuse("country_not_allowed")
-            raise Unprocessable(
-                f"SMS to country code +{country_code(phone)} is not enabled.",
-                code="country_not_allowed",
-            )
+        try:
+            self._destinations.check(phone)
+        except Unprocessable as exc:
+            self._refuse(exc.code)
+            raise
         checks = (
             (self._per_phone, phone, "rate_limited_phone", "Too many codes sent to this number."),
             (self._per_key, caller, "rate_limited_key", "Too many starts for this API key."),

@@ -41,7 +41,10 @@ class SmsSender(Protocol):
 
 
 class ConsoleSender:
-    """Prints each message to stdout: the local-development default, which needs no account."""
+    """Prints each message, code and all, to stdout: for local development, with no account.
+
+    Stdout only: the logs go to stderr, and a code must never reach wherever they are shipped.
+    """
 
     async def send(self, to: str, body: str) -> str:
         print(f"SMS to {to}: {body}", flush=True)
@@ -131,12 +134,22 @@ class TwilioSender:
         return {"from_": self._settings.from_number}
 
 
-def create_sender(settings: SmsSettings) -> SmsSender:
-    """The sender `settings.sender` names."""
-    return TwilioSender(settings) if _wants_twilio(settings) else ConsoleSender()
+def create_sender(settings: SmsSettings, *, has_api_keys: bool) -> SmsSender:
+    """The sender `settings.sender` names; the console only when asked for, or in development.
+
+    API keys mean real callers, so production: there "auto" without Twilio's credentials is
+    refused, where it used to print every code to a console that no one reads.
+    """
+    if _wants_twilio(settings, has_api_keys):
+        return TwilioSender(settings)
+    logger.warning(
+        "SMS ARE NOT SENT: the console sender prints every code to stdout (the logs, on stderr,"
+        ' never show one); set sms.sender = "twilio" and its credentials to send SMS'
+    )
+    return ConsoleSender()
 
 
-def _wants_twilio(settings: SmsSettings) -> bool:
+def _wants_twilio(settings: SmsSettings, has_api_keys: bool) -> bool:
     if settings.sender not in SENDERS:
         choices = ", ".join(f"'{s}'" for s in SENDERS)
         raise ConfigError(f"Config 'sms.sender' must be one of {choices}, not {settings.sender!r}.")
@@ -147,6 +160,12 @@ def _wants_twilio(settings: SmsSettings) -> bool:
         # Half a credential is a mistake; falling back to the console would print codes to stdout.
         missing = "sms.auth_token" if has_sid else "sms.account_sid"
         raise ConfigError(f"Config '{missing}' is missing, and the other Twilio credential is set.")
+    if not has_sid and has_api_keys:
+        raise ConfigError(
+            "Config 'sms.account_sid' and 'sms.auth_token' (or TWILIO_ACCOUNT_SID and"
+            " TWILIO_AUTH_TOKEN) are missing, and API keys are set: set them to send SMS, or set"
+            ' sms.sender = "console" to print the codes to stdout on purpose.'
+        )
     return has_sid
 
 

@@ -9,14 +9,23 @@ import phonenumbers
 
 from service.errors import BadRequest, Unprocessable
 
-E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+#: A leading `+`, then digits and the punctuation people paste: spaces, hyphens, dots and
+#: parentheses. phonenumbers alone would also take letters (vanity numbers), extensions, `tel:`
+#: and full-width digits, none of which an SMS can go to as written.
+PASTED_NUMBER = re.compile(r"\+[0-9 ().-]{2,31}")
 
 
 def phone_number(raw: Any) -> str:
-    """A valid E.164 number, exactly as written: `+` then digits, no spaces or punctuation."""
+    """A valid number in its canonical E.164 form, which is how it is stored, limited and sent.
+
+    `+1 (415) 555-0100`, `+1 1 415 555 0100` and `+14155550100` are one handset: punctuation and a
+    national trunk prefix after the country code (`+44 (0) 7400 123456`) are dropped, so every
+    spelling counts against the same per-number limit. The `+` stays required: a region is never
+    guessed.
+    """
     if not isinstance(raw, str):
         raise BadRequest("'phone' must be a string.", code="invalid_type")
-    if not E164.fullmatch(raw):
+    if not PASTED_NUMBER.fullmatch(raw):
         raise Unprocessable(
             "'phone' must be an E.164 number such as +14155550100.", code="invalid_phone"
         )
@@ -26,7 +35,7 @@ def phone_number(raw: Any) -> str:
         parsed = None
     if parsed is None or not phonenumbers.is_valid_number(parsed):
         raise Unprocessable(f"'phone' {raw} is not a valid phone number.", code="invalid_phone")
-    return raw
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 def country_code(phone: str) -> str:

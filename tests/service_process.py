@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,17 @@ async def request(
 ) -> tuple[int, Any]:
     async with session.request(method, url, **kwargs) as r:
         return r.status, await r.json()
+
+
+def run_to_exit(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m service` in `cwd` with only `env` for settings, run until it exits by itself:
+    for starts that must be refused."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("VERIFY_", "TWILIO_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "service"],
+        env={**clean, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -103,8 +104,10 @@ async def test_unmatched_routes_share_one_label(client: Any) -> None:
     assert value(samples, latency, route="unmatched", method="other", status="405") == 1
 
 
-async def test_each_app_has_its_own_registry(make_client: MakeClient) -> None:
-    first, second = await make_client(), await make_client()
+async def test_each_app_has_its_own_registry(make_client: MakeClient, tmp_path: Path) -> None:
+    # Each app its own database: a database is held by one app at a time.
+    first = await make_client()
+    second = await make_client(database={"path": str(tmp_path / "second.db")})
     await start(first, PHONE)
     assert value(await scrape(first), "verifications_started_total") == 1
     assert value(await scrape(second), "verifications_started_total") == 0

@@ -140,7 +140,7 @@ async def test_console_sender_prints(capsys: pytest.CaptureFixture[str]) -> None
 
 
 async def test_create_sender_sends_through_twilio(twilio: TwilioServer) -> None:
-    sender = create_sender(settings_for(twilio, sender="auto"))
+    sender = create_sender(settings_for(twilio, sender="auto"), has_api_keys=True)
     try:
         await sender.send(TO, "code 123456")
     finally:
@@ -160,7 +160,8 @@ async def test_create_sender_sends_through_twilio(twilio: TwilioServer) -> None:
     ],
 )
 async def test_create_sender_chooses(changes: dict[str, Any], expected: type) -> None:
-    sender = create_sender(dataclasses.replace(SmsSettings(from_number=FROM), **changes))
+    settings = dataclasses.replace(SmsSettings(from_number=FROM), **changes)
+    sender = create_sender(settings, has_api_keys=False)
     await sender.close()
 
     assert isinstance(sender, expected)
@@ -187,7 +188,9 @@ async def test_create_sender_chooses(changes: dict[str, Any], expected: type) ->
 )
 def test_create_sender_refuses_incomplete_config(changes: dict[str, Any], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
-        create_sender(dataclasses.replace(SmsSettings(from_number=FROM), **changes))
+        create_sender(
+            dataclasses.replace(SmsSettings(from_number=FROM), **changes), has_api_keys=False
+        )
 
 
 async def test_fake_twilio_speaks_twilio_and_takes_orders_over_http(twilio: TwilioServer) -> None:
