@@ -1,7 +1,9 @@
 """`python -m notifier`: print each outcome on the queue as a JSON line, acknowledging it.
 
 The queue comes from the `[queue]` section of the service's config and its environment
-variables; the options override them. Stops on SIGINT or SIGTERM once the outcome in hand is out.
+variables; the options override them. With `queue.signing_key` set (VERIFY_QUEUE_SIGNING_KEY),
+messages whose signature is missing or wrong are not printed: they are left for the DLQ.
+Stops on SIGINT or SIGTERM once the outcome in hand is out.
 """
 
 from __future__ import annotations
@@ -62,7 +64,10 @@ async def print_outcome(outcome: Outcome) -> None:
 async def consume(settings: QueueSettings, wait_seconds: int) -> None:
     async with sqs_client(settings) as client:
         url = await resolve_queue_url(client, settings)
-        consumer = Consumer(client, url, print_outcome, wait_seconds=wait_seconds)
+        # With the service's signing key, messages it did not sign are left for the DLQ.
+        consumer = Consumer(
+            client, url, print_outcome, wait_seconds=wait_seconds, signing_key=settings.signing_key
+        )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, consumer.stop)

@@ -5,7 +5,8 @@ a failing handler or a lost delete brings it back. Dedupe by `Outcome.id`. A mes
 failing moves to the dead-letter queue after the queue's `maxReceiveCount` receives.
 
 Two forms: `Consumer(client, url, handler).run()` handles a batch concurrently until `stop()`;
-`async for outcome in outcomes(client, url)` handles one at a time.
+`async for outcome in outcomes(client, url)` handles one at a time. Given the service's
+`signing_key`, both refuse a message whose signature is missing or wrong, as malformed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
+from notifier.messages import EVENT, SIGNATURE_ATTRIBUTE, signature_valid
 from notifier.queues import NOT_FOUND_CODES, QueueNotFound, SqsClient, error_code, is_transient
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,10 @@ RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0)
 
 class MalformedMessage(Exception):
     """The body is not an outcome event; no handler can succeed, so it is left for the DLQ."""
+
+
+class BadSignature(MalformedMessage):
+    """The signature is missing or wrong: the service did not send this, or not this body."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +58,10 @@ class Outcome:
     receive_count: int
 
     @classmethod
-    def from_message(cls, message: Message) -> Outcome:
+    def from_message(cls, message: Message, signing_key: str = "") -> Outcome:
+        """Parse an SQS message; with a key, only once its signature proves the service sent it."""
+        if signing_key:
+            _check_signature(message, signing_key)
         try:
             event = json.loads(message["Body"])
         except ValueError:
@@ -61,6 +70,10 @@ class Outcome:
             isinstance(event.get(key), str) for key in ("id", "status")
         ):
             raise MalformedMessage(f"Message {message['MessageId']} has no outcome id and status.")
+        if event.get("event") != EVENT:
+            raise MalformedMessage(
+                f"Message {message['MessageId']} is not a {EVENT} event: {event.get('event')!r}."
+            )
         return cls(
             id=event["id"],
             status=event["status"],
@@ -74,6 +87,15 @@ class Outcome:
             message_id=message["MessageId"],
             receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
         )
+
+
+def _check_signature(message: Message, key: str) -> None:
+    attribute = message.get("MessageAttributes", {}).get(SIGNATURE_ATTRIBUTE, {})
+    signature = attribute.get("StringValue")
+    if signature is None:
+        raise BadSignature(f"Message {message['MessageId']} is not signed.")
+    if not signature_valid(key, message["Body"], signature):
+        raise BadSignature(f"Message {message['MessageId']} has a wrong signature.")
 
 
 class Receiver:
@@ -187,6 +209,7 @@ class Consumer:
     back after `retry_delay` seconds (None: after the visibility timeout), until the queue's
     redrive policy moves it to the dead-letter queue. While a handler runs longer than the
     visibility timeout, the timeout is extended, so no other consumer receives it meanwhile.
+    With `signing_key`, a message not signed with it never reaches the handler.
     """
 
     def __init__(
@@ -199,6 +222,7 @@ class Consumer:
         visibility_timeout: int = 30,
         max_messages: int = 10,
         retry_delay: int | None = None,
+        signing_key: str = "",
     ) -> None:
         self._receiver = Receiver(
             client,
@@ -209,6 +233,7 @@ class Consumer:
         )
         self._handler = handler
         self._retry_delay = retry_delay
+        self._signing_key = signing_key
         self._stopping = False
         self._polling: asyncio.Task[list[Message]] | None = None
 
@@ -237,7 +262,7 @@ class Consumer:
 
     async def _handle(self, message: Message, pending: set[str]) -> None:
         try:
-            outcome = Outcome.from_message(message)
+            outcome = Outcome.from_message(message, self._signing_key)
         except MalformedMessage as exc:
             log.error("%s It is left to reach the dead-letter queue.", exc)
             pending.discard(message["MessageId"])
@@ -265,6 +290,7 @@ async def outcomes(
     wait_seconds: int = 20,
     visibility_timeout: int = 30,
     max_messages: int = 10,
+    signing_key: str = "",
 ) -> AsyncGenerator[Outcome, None]:
     """Outcomes one at a time, each deleted when the loop body finishes with it without raising.
 
@@ -272,6 +298,7 @@ async def outcomes(
     breaks, the current outcome is not acknowledged and comes back after the visibility timeout,
     and the rest of its batch is released at once. Received outcomes stay invisible to other
     consumers while they wait their turn. Malformed messages are skipped (they reach the DLQ).
+    With `signing_key`, messages not signed with it are skipped the same way.
     For prompt clean-up on break, iterate inside `contextlib.aclosing(outcomes(...))`.
     """
     receiver = Receiver(
@@ -290,7 +317,7 @@ async def outcomes(
             try:
                 for message in messages:
                     try:
-                        outcome = Outcome.from_message(message)
+                        outcome = Outcome.from_message(message, signing_key)
                     except MalformedMessage as exc:
                         log.error("%s It is left to reach the dead-letter queue.", exc)
                         pending.discard(message["MessageId"])

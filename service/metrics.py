@@ -1,7 +1,8 @@
 """Prometheus metrics, in a registry of the app's own, served at /metrics.
 
-Counters are bumped by the domain's hooks (`Orchestrator.on_*`, `Limits.on_refused`); the gauges
-that need the database are read when Prometheus scrapes, not kept up to date on every write.
+Counters are bumped by the domain's hooks (`Orchestrator.on_*`, `Limits.on_refused`, the
+publisher's and retention's); the outbox gauges are read from the store when Prometheus scrapes:
+a count the store keeps and one indexed row, never a scan on the request path.
 """
 
 from __future__ import annotations
@@ -77,6 +78,29 @@ class Metrics:
             "Age of the oldest outcome not yet delivered to the queue; 0 when there is none.",
             registry=r,
         )
+        self._publisher_up = Gauge(
+            "outbox_publisher_up",
+            "1 when the publisher's last attempt to reach the queue succeeded; 0 while it fails"
+            " (it retries for ever) and when publishing is off.",
+            registry=r,
+        )
+        self._publish_failures = Counter(
+            "outbox_publish_failures",
+            "Failed attempts to publish outcomes or find the queue, by reason (unavailable,"
+            " queue_not_found, no_credentials, rejected, error).",
+            ["reason"],
+            registry=r,
+        )
+        self._refused_outcomes = Counter(
+            "outbox_outcomes_refused",
+            "Outcomes the queue refused (an invalid message); each is tried again later.",
+            registry=r,
+        )
+        self._dropped_outcomes = Counter(
+            "outbox_outcomes_dropped",
+            "Outcomes dropped by retention, never delivered within keep_finished_seconds.",
+            registry=r,
+        )
         self._latency = Histogram(
             "http_request_duration_seconds",
             "Time to answer HTTP requests, by route template, method and status.",
@@ -107,6 +131,20 @@ class Metrics:
     def watch_pending(self, count: Callable[[], int]) -> None:
         """Read the pending gauge from `count` at each scrape (`Orchestrator.pending_count`)."""
         self._pending.set_function(count)
+
+    # -- the publisher's and retention's hooks ----------------------------------------------------
+
+    def watch_publisher(self, up: Callable[[], bool]) -> None:
+        self._publisher_up.set_function(lambda: float(up()))
+
+    def publish_failed(self, reason: str) -> None:
+        self._publish_failures.labels(reason).inc()
+
+    def outcome_refused(self) -> None:
+        self._refused_outcomes.inc()
+
+    def outcomes_dropped(self, count: int) -> None:
+        self._dropped_outcomes.inc(count)
 
     # -- HTTP -------------------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import sqlite3
 from collections import Counter
@@ -13,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from notifier.consumer import BadSignature, Outcome
 from notifier.settings import QueueSettings
 from tests.conftest import API_KEY, AUTH, MakeClient, MakeSettings, start, submit, wrong
 from tests.localstack import TcpProxy, fresh_queue, receive_all
@@ -101,6 +104,24 @@ async def test_every_final_status_arrives_once(
             assert m["Attributes"]["MessageGroupId"] == body["id"]
             assert m["Attributes"]["MessageDeduplicationId"] == body["id"]
     assert await receive_all(sqs_client, queue.url, count=1, seconds=1.5) == []
+
+
+async def test_with_a_signing_key_outcomes_are_signed_and_the_consumer_checks_them(
+    queue_settings: QueueSettings, sqs_client: Any, make_client: MakeClient, twilio: TwilioServer
+) -> None:
+    key = "0123456789abcdef-outcome-signing"
+    section = {**queue_section(queue_settings), "signing_key": key}
+    client = await make_client(queue=section)
+    view = await start(client)
+    await twilio.wait_for_message("+14155550100")
+    await client.delete(f"/verifications/{view['id']}", headers=AUTH)
+
+    [message] = await receive_all(sqs_client, queue_settings.url, 1)
+    digest = hmac.new(key.encode(), message["Body"].encode(), hashlib.sha256).hexdigest()
+    assert message["MessageAttributes"]["signature"]["StringValue"] == f"v1={digest}"
+    assert Outcome.from_message(message, key).id == view["id"]
+    with pytest.raises(BadSignature):
+        Outcome.from_message(message, "another-key")
 
 
 async def test_outcomes_wait_while_sqs_is_down_then_all_go_out(

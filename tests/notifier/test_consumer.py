@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from notifier.consumer import Consumer, Outcome, outcomes
-from notifier.messages import outcome_body
+from notifier.messages import outcome_body, sign
 from notifier.queues import SqsClient, dead_letter_name
 from notifier.settings import QueueSettings
 from tests.localstack import queue_depth, receive_all
@@ -249,3 +249,57 @@ async def test_leaving_the_loop_releases_the_outcomes_not_yet_tried(
     assert await counts(sqs_client, queue_settings.url) == (2, 1)
     released = await receive_all(sqs_client, queue_settings.url, 2)
     assert first.id not in {json.loads(m["Body"])["id"] for m in released}
+
+
+async def send_signed(client: SqsClient, url: str, text: str, signature: str) -> None:
+    attributes = {"signature": {"DataType": "String", "StringValue": signature}}
+    await client.send_message(QueueUrl=url, MessageBody=text, MessageAttributes=attributes)
+
+
+async def test_with_a_signing_key_only_signed_outcomes_reach_the_handler(
+    sqs_client: SqsClient, queue_settings: QueueSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, url = "consumer-test-key", queue_settings.url
+    signed = body("ver_signed")
+    await send_signed(sqs_client, url, signed, sign(key, signed))
+    await send(sqs_client, url, body("ver_unsigned"))
+    await send_signed(sqs_client, url, body("ver_forged"), sign("another-key", body("ver_forged")))
+    await send_signed(sqs_client, url, body("ver_altered"), sign(key, signed))
+    started = json.dumps({**json.loads(body("ver_started")), "event": "verification.started"})
+    await send_signed(sqs_client, url, started, sign(key, started))
+    handled: list[str] = []
+
+    async def handle(outcome: Outcome) -> None:
+        handled.append(outcome.id)
+
+    consumer = Consumer(
+        sqs_client, url, handle, wait_seconds=1, visibility_timeout=1, signing_key=key
+    )
+    async with consuming(consumer):
+        moved = await receive_all(sqs_client, await dead_letters(sqs_client, queue_settings), 4)
+
+    assert handled == ["ver_signed"]
+    assert sorted(json.loads(m["Body"])["id"] for m in moved) == [
+        "ver_altered",
+        "ver_forged",
+        "ver_started",
+        "ver_unsigned",
+    ]
+    assert "is not signed" in caplog.text
+    assert caplog.text.count("has a wrong signature") >= 2
+    assert "is not a verification.completed event: 'verification.started'" in caplog.text
+
+
+async def test_the_outcome_stream_skips_unsigned_messages_too(
+    sqs_client: SqsClient, queue_settings: QueueSettings
+) -> None:
+    key, url = "stream-test-key", queue_settings.url
+    await send(sqs_client, url, body("ver_unsigned"))
+    signed = body("ver_signed")
+    await send_signed(sqs_client, url, signed, sign(key, signed))
+
+    stream = outcomes(sqs_client, url, wait_seconds=1, visibility_timeout=30, signing_key=key)
+    async with contextlib.aclosing(stream):
+        outcome = await asyncio.wait_for(anext(stream), 10)
+
+    assert outcome.id == "ver_signed"

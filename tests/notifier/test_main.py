@@ -2,12 +2,13 @@
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import uuid
 from pathlib import Path
 
-from notifier.messages import outcome_body
+from notifier.messages import outcome_body, sign
 from notifier.queues import SqsClient, dead_letter_name
 from notifier.settings import QueueSettings
 from tests.localstack import REGION, queue_depth
@@ -26,7 +27,9 @@ def body(verification_id: str) -> str:
     )
 
 
-async def notifier(cwd: Path, *args: str) -> asyncio.subprocess.Process:
+async def notifier(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
     # Its own folder, so a config.toml of the checkout is not picked up.
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -34,6 +37,7 @@ async def notifier(cwd: Path, *args: str) -> asyncio.subprocess.Process:
         "notifier",
         *args,
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -64,6 +68,35 @@ async def test_prints_each_outcome_as_a_json_line_and_exits_0_on_sigterm(
     assert json.loads(line) == json.loads(body("ver_cli")), stderr
     assert returncode == 0, stderr
     assert await queue_depth(sqs_client, queue_settings.url) == 0
+
+
+async def test_with_the_signing_key_in_its_environment_prints_only_signed_outcomes(
+    sqs_client: SqsClient, queue_settings: QueueSettings, localstack_endpoint: str, tmp_path: Path
+) -> None:
+    key, url = "cli-signing-key", queue_settings.url
+    await sqs_client.send_message(QueueUrl=url, MessageBody=body("ver_unsigned"))
+    signed = body("ver_signed")
+    signature = {"signature": {"DataType": "String", "StringValue": sign(key, signed)}}
+    await sqs_client.send_message(QueueUrl=url, MessageBody=signed, MessageAttributes=signature)
+    process = await notifier(
+        tmp_path,
+        *("--queue-url", url, "--endpoint-url", localstack_endpoint, "--region", REGION),
+        *("--wait-seconds", "1"),
+        env={"VERIFY_QUEUE_SIGNING_KEY": key},
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 15)
+        # Both were received by now, or soon: give the unsigned one its turn to be refused.
+        await asyncio.sleep(1.5)
+    finally:
+        returncode, stderr = await stop(process)
+
+    assert json.loads(line)["id"] == "ver_signed", stderr
+    assert returncode == 0, stderr
+    assert "is not signed" in stderr
+    # Not deleted: it comes back after its visibility timeout, until the DLQ takes it.
+    assert await queue_depth(sqs_client, url) == 1
 
 
 async def test_reads_the_queue_from_config_and_creates_it(
