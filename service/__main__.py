@@ -8,8 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
+from service import server
 from service.app import create_app
 from service.config import load_settings
 from service.errors import ConfigError
@@ -30,22 +29,20 @@ def main(argv: list[str] | None = None) -> None:
     path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
     try:
         settings = load_settings(path)
+        server.check_settings(settings.server)
         app = create_app(settings)
         loop = new_event_loop(settings.server.event_loop)
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         sys.exit(2)
-    server = settings.server
-    log.info("listening on http://%s:%d", server.host, server.port)
-    web.run_app(
-        app,
-        host=server.host,
-        port=server.port,
-        shutdown_timeout=server.shutdown_grace_seconds,
-        print=None,
-        access_log=None,
-        loop=loop,
-    )
+    # Returns once stopped (SIGTERM or SIGINT): exit status 0.
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        try:
+            runner.run(server.serve(app, settings.server))
+        except ConfigError as exc:
+            # Found only once starting: a database another process holds, an open secret file.
+            log.error("cannot start: %s", exc)
+            sys.exit(2)
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
