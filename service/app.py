@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from notifier.publisher import Publisher
-from notifier.queues import QueueError, is_transient, resolve_queue_url, sqs_client
+from notifier.queues import resolve_queue_url, sqs_client
 from notifier.settings import QueueSettings
 from service.challenge import Challenges
 from service.codes import CodeBook, load_secret
@@ -23,6 +22,7 @@ from service.limits import Limits, check_settings
 from service.metrics import Metrics, metrics_key, metrics_middleware
 from service.middlewares import authentication, errors
 from service.orchestrator import Orchestrator
+from service.readiness import Readiness, readiness_key
 from service.recovery import recover
 from service.retention import keep_sweeping
 from service.routes import setup_routes
@@ -32,11 +32,15 @@ from service.typedefs import orchestrator_key, settings_key, store_key
 
 log = logging.getLogger(__name__)
 
+#: How long a stop waits, once the orchestrator has stopped, for its last outcomes to reach SQS.
+FLUSH_SECONDS = 1.0
+
 
 def create_app(settings: Settings) -> web.Application:
     """Build the app; the database, SMS sender and orchestrator open when it starts."""
     check_access(settings)
     check_settings(settings.limits)
+    check_queue(settings.queue)
     metrics = Metrics()
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -44,10 +48,24 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[settings_key] = settings
     app[metrics_key] = metrics
-    app.cleanup_ctx.append(_domain)
+    app[readiness_key] = Readiness()
+    # Unwound in reverse: the orchestrator stops first, then the publisher sends what it decided
+    # meanwhile, then the store closes.
+    app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_outcomes)
+    app.cleanup_ctx.append(_domain)
+    app.on_shutdown.append(_stop_domain)
     setup_routes(app)
     return app
+
+
+def check_queue(settings: QueueSettings) -> None:
+    # A refused record offered again at once would keep the publisher spinning on it.
+    if not 0 < settings.refused_retry_seconds <= settings.refused_retry_max_seconds:
+        raise ConfigError(
+            "Config 'queue.refused_retry_seconds' must be positive, and at most"
+            " 'queue.refused_retry_max_seconds'."
+        )
 
 
 def check_access(settings: Settings) -> None:
@@ -61,13 +79,22 @@ def check_access(settings: Settings) -> None:
     log.warning("AUTHENTICATION IS OFF: anyone who reaches this port can send SMS on your account")
 
 
-async def _domain(app: web.Application) -> AsyncIterator[None]:
+async def _store(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
-    codes = CodeBook(load_secret(settings.database), settings.verification.code_length)
-    sender = create_sender(settings.sms)
     store = await Store.open(
         settings.database.path, busy_timeout_ms=settings.database.busy_timeout_ms
     )
+    app[store_key] = store
+    app[readiness_key].add("store", lambda: store.healthy)
+    yield
+    await store.close()
+
+
+async def _domain(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    codes = CodeBook(load_secret(settings.database), settings.verification.code_length)
+    sender = create_sender(settings.sms, has_api_keys=bool(settings.auth.api_keys))
+    store = app[store_key]
     limits = Limits(settings.limits, clock=time.time)
     challenges = Challenges(sender, codes, limits, settings.sms, clock=time.time)
     orchestrator = Orchestrator(
@@ -79,7 +106,6 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
         settings.database,
         clock=time.time,
     )
-    app[store_key] = store
     metrics = app[metrics_key]
     metrics.watch_pending(lambda: orchestrator.pending_count)
     orchestrator.on_started = metrics.started
@@ -91,50 +117,67 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     sweeper: asyncio.Task[None] | None = None
     try:
         await recover(store, orchestrator, time.time, settings.verification.ttl_seconds)
-        sweeper = asyncio.create_task(keep_sweeping(store, settings.retention, time.time))
+        sweeper = asyncio.create_task(
+            keep_sweeping(store, settings.retention, time.time, metrics.outcomes_dropped)
+        )
         yield
     finally:
         if sweeper is not None:
             sweeper.cancel()
+        # Closed at the stop's start already (`_stop_domain`): this one is for a failed start-up.
         await orchestrator.close(settings.server.shutdown_grace_seconds)
         await sender.close()
-        await store.close()
+
+
+async def _stop_domain(app: web.Application) -> None:
+    """At the stop's start, not at its cleanup: the orchestrator's grace runs beside the requests'.
+
+    aiohttp runs `on_shutdown` once the socket is closed and before it waits for the requests in
+    flight, so the two share one grace, and the cleanup, publisher's flush included, comes after
+    every decision is made.
+    """
+    await app[orchestrator_key].close(app[settings_key].server.shutdown_grace_seconds)
 
 
 async def _outcomes(app: web.Application) -> AsyncIterator[None]:
     """Push the outbox to SQS, from a task of its own: the service works while SQS does not."""
-    settings = app[settings_key].queue
-    if not settings.enabled:
+    settings = app[settings_key]
+    if not settings.queue.enabled:
         log.warning("queue publishing is off: outcomes stay in the outbox")
         yield
         return
-    async with sqs_client(settings) as client:
-        task = asyncio.create_task(_publish(client, settings, app[store_key]), name="publisher")
+    async with sqs_client(settings.queue) as client:
+        publisher = _publisher(client, settings.queue, app[store_key], app[metrics_key])
+        app[readiness_key].add("publisher", lambda: publisher.up)
+        task = asyncio.create_task(publisher.run(), name="publisher")
+        task.add_done_callback(_ended)
         yield
+        # The orchestrator has stopped (its context unwinds first): what it decided meanwhile
+        # goes out now if SQS takes it in time, else at the next start.
+        await publisher.flush(min(FLUSH_SECONDS, settings.server.shutdown_grace_seconds))
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
 
-async def _publish(client: Any, settings: QueueSettings, store: Store) -> None:
-    url = await _queue_url(client, settings)
+def _publisher(client: Any, settings: QueueSettings, store: Store, metrics: Metrics) -> Publisher:
     publisher = Publisher(
-        store, client, url, fifo=settings.fifo, retry_delays=settings.retry_delays
+        store,
+        client,
+        lambda: resolve_queue_url(client, settings),
+        fifo=settings.fifo,
+        retry_delays=settings.retry_delays,
+        refused_delays=(settings.refused_retry_seconds, settings.refused_retry_max_seconds),
+        signing_key=settings.signing_key,
     )
+    publisher.on_failure = metrics.publish_failed
+    publisher.on_refused = metrics.outcome_refused
+    metrics.watch_publisher(lambda: publisher.up)
     store.on_outcome = publisher.wake
-    log.info("publishing outcomes to %s", url)
-    await publisher.run()
+    return publisher
 
 
-async def _queue_url(client: Any, settings: QueueSettings) -> str:
-    """The queue's URL, asked for again with back-off while SQS cannot be reached."""
-    for attempt in itertools.count():
-        try:
-            return await resolve_queue_url(client, settings)
-        except Exception as exc:
-            if not is_transient(exc) and not isinstance(exc, QueueError):
-                raise
-            delay = settings.retry_delays[min(attempt, len(settings.retry_delays) - 1)]
-            log.warning("queue not reachable (%s); outcomes wait in the outbox", exc)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+def _ended(task: asyncio.Task[None]) -> None:
+    # It retries every failure for ever, so this is a bug; never let it pass in silence.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the publisher stopped: outcomes stay in the outbox", exc_info=task.exception())

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+
 class Challenges:
     """Sends challenges through `sender`; `on_sent` and `on_failed` are told of each (metrics)."""
 

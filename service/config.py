@@ -31,7 +31,10 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 16 * 1024
+    #: On SIGTERM, the time requests in flight have, in all; the stop takes about a second more.
     shutdown_grace_seconds: float = 5.0
+    #: Open connections past which a new one is answered 503 at once (keep-alive ones count).
+    max_connections: int = 1024
     #: "uvloop" (libuv: about a quarter less CPU per request) or "asyncio" (the standard loop).
     event_loop: str = "uvloop"
 
@@ -88,8 +91,15 @@ class LimitSettings:
     sms_per_phone_window_seconds: float = 600.0
     starts_per_key_per_minute: int = 600
     sms_per_minute: int = 6000
-    #: Calling codes SMS may go to, e.g. ["1", "44"]; empty allows every country.
+    #: Calling codes or regions SMS may go to, e.g. ["US", "CA", "44"]; empty allows every one.
     allowed_country_codes: tuple[str, ...] = ()
+    #: phonenumbers' number types SMS may go to, in lower case; empty allows every type.
+    allowed_number_types: tuple[str, ...] = (
+        "mobile",
+        "fixed_line_or_mobile",
+        "voip",
+        "personal_number",
+    )
 
 
 @dataclass(frozen=True)

@@ -80,13 +80,13 @@ def _paths() -> dict[str, Any]:
                 "getVerification",
                 "Show a verification.",
                 {"200": _view("The verification.")},
-                errors=(401, 404, 500),
+                errors=(401, 404, 500, 503),
             ),
             "delete": _operation(
                 "cancelVerification",
                 "Cancel a pending verification; its code stops working.",
                 {"200": _view("The verification, now canceled.")},
-                errors=(401, 404, 409, 500, 503),
+                errors=(401, 404, 409, 429, 500, 503),
             ),
         },
         f"{VERIFICATION_PATH}/code": {
@@ -101,15 +101,41 @@ def _paths() -> dict[str, Any]:
                     )
                 },
                 body=_ref("schemas", "CodeRequest"),
-                errors=(400, 401, 404, 409, 413, 415, 422, 500, 503),
+                errors=(400, 401, 404, 409, 413, 415, 422, 429, 500, 503),
             ),
         },
         "/healthz": {
-            "get": _public(
-                "healthz",
-                "Whether the service is up.",
-                _content(JSON, _ref("schemas", "Health"), "The service is up."),
-            )
+            "get": {
+                **_public(
+                    "healthz",
+                    "Whether the service is up and its database takes writes.",
+                    _content(JSON, _ref("schemas", "Health"), "The service is up."),
+                ),
+                "responses": {
+                    "200": _content(JSON, _ref("schemas", "Health"), "The service is up."),
+                    "503": _content(
+                        JSON, _ref("schemas", "Health"), "The database does not take writes."
+                    ),
+                    "500": _ref("responses", ERRORS[500]),
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                **_public(
+                    "readyz",
+                    "Whether this instance can do its work now: its database takes writes and its"
+                    " publisher reaches the queue.",
+                    _content(JSON, _ref("schemas", "Readiness"), "Ready."),
+                ),
+                "responses": {
+                    "200": _content(JSON, _ref("schemas", "Readiness"), "Ready."),
+                    "503": _content(
+                        JSON, _ref("schemas", "Readiness"), "Not ready; `checks` says what fails."
+                    ),
+                    "500": _ref("responses", ERRORS[500]),
+                },
+            }
         },
         "/metrics": {
             "get": _public(
@@ -261,11 +287,16 @@ def _schemas(settings: VerificationSettings) -> dict[str, Schema]:
             "properties": {
                 "phone": {
                     "type": "string",
-                    "pattern": r"^\+[1-9][0-9]{1,14}$",
+                    "pattern": r"^\+[0-9 ().-]{2,31}$",
                     "minLength": 3,
-                    "maxLength": 16,
-                    "description": "E.164, no spaces: a non-string is 400, a non-number 422.",
-                    "examples": ["+14155550100"],
+                    "maxLength": 32,
+                    "description": (
+                        "International form: `+`, the country code, the number. Spaces, hyphens,"
+                        " dots and parentheses are ignored, and so is a trunk prefix after the"
+                        " country code (`+44 (0) 7400 123456`); the verification's `to` is the"
+                        " E.164 form. A non-string is 400, a non-number 422."
+                    ),
+                    "examples": ["+14155550100", "+1 (415) 555-0100"],
                 },
                 "reference": {
                     "type": ["string", "null"],
@@ -312,10 +343,25 @@ def _schemas(settings: VerificationSettings) -> dict[str, Schema]:
                 "message": {"type": "string", "description": "For people; may change."},
             },
         },
+        "Readiness": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ready", "not_ready"]},
+                "checks": {
+                    "type": "object",
+                    "description": "When not ready: each check (store, publisher) and its state.",
+                    "additionalProperties": {"type": "string", "enum": ["ok", "failing"]},
+                },
+            },
+        },
         "Health": {
             "type": "object",
             "required": ["status"],
-            "properties": {"status": {"type": "string", "enum": ["ok"]}},
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                "reason": {"type": "string"},
+            },
         },
     }
 
@@ -418,7 +464,7 @@ def _responses(settings: Settings) -> dict[str, Any]:
         ),
         "Unprocessable": error(
             "Well-formed, but not acceptable. Codes: invalid_phone, invalid_reference,"
-            " invalid_code, idempotency_key_reused, country_not_allowed."
+            " invalid_code, idempotency_key_reused, country_not_allowed, number_type_not_allowed."
         ),
         "RateLimited": error(
             "A limit was reached; try again after Retry-After seconds. Codes: rate_limited,"

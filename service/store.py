@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from notifier.messages import OutboxRecord, outcome_body
+from service.database_files import DatabaseLock, make_private
 from service.errors import StoreUnavailable
 from service.models import Status, Verification, request_digest, rfc3339
 from service.writer import WriterThread
@@ -40,7 +41,6 @@ T = TypeVar("T")
 Write = Callable[[sqlite3.Connection], T]
 #: What a write came to: its result, or the exception that rolled it back.
 Outcome = tuple[bool, Any]
-
 
 
 def _move_idempotency_keys(db: sqlite3.Connection) -> None:
@@ -114,17 +114,49 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     CREATE INDEX outbox_due ON outbox (next_attempt_at, seq) WHERE sent_at IS NULL;
     """,
     _move_idempotency_keys,
+    """
+    -- Outcomes of verifications already masked lose the number too: the outbox keeps it no
+    -- longer than the verification does (retention masks both from now on).
+    UPDATE outbox SET body = json_set(body, '$.to',
+        (SELECT phone FROM verifications WHERE id = outbox.verification_id))
+    WHERE json_valid(body)
+      AND verification_id IN (SELECT id FROM verifications WHERE phone_redacted = 1);
+    """,
 )
 
+OUTBOX_COLUMNS = "seq, verification_id, status, body, attempts"
+#: Records never refused (next_attempt_at 0) in order, after those due again after a refusal.
+DUE = f"""
+    SELECT * FROM (
+        SELECT {OUTBOX_COLUMNS} FROM outbox WHERE sent_at IS NULL
+          AND next_attempt_at > 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)
+    UNION ALL
+    SELECT * FROM (
+        SELECT {OUTBOX_COLUMNS} FROM outbox WHERE sent_at IS NULL AND next_attempt_at = 0
+        ORDER BY seq LIMIT ?)
+"""
 COLUMNS = (
     "id, phone, reference, status, salt, attempts_left, attempts, created_at, expires_at,"
     " completed_at, sms_sent_at, sms_id, reason, owner"
 )
 
-#: A purge works in chunks of this many rows, so it never holds the writer for long.
-PURGE_CHUNK = 1000
+#: A purge works in chunks of this many rows per statement, so it never holds the writer long.
+PURGE_CHUNK = 200
 PURGE_SENT_OUTCOMES = f"""
     DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent_at < ? LIMIT {PURGE_CHUNK})
+"""
+# Only the oldest chunk of unsent records is looked at (seq follows creation), so a sweep costs
+# the same however many wait while the queue is off or down.
+DROP_UNDELIVERED = f"""
+    DELETE FROM outbox WHERE seq IN (
+        SELECT seq FROM (
+            SELECT seq, created_at FROM outbox WHERE sent_at IS NULL
+            ORDER BY seq LIMIT {PURGE_CHUNK})
+        WHERE created_at < ?)
+"""
+PURGE_IDEMPOTENCY_KEYS = f"""
+    DELETE FROM idempotency_keys WHERE rowid IN (
+        SELECT rowid FROM idempotency_keys WHERE created_at < ? LIMIT {PURGE_CHUNK})
 """
 PURGE_FINISHED = f"""
     DELETE FROM verifications WHERE rowid IN (
@@ -141,10 +173,28 @@ REDACT_PHONES = f"""
         SELECT rowid FROM verifications
         WHERE status != 'pending' AND phone_redacted = 0 AND completed_at < ?
         LIMIT {PURGE_CHUNK})
+    RETURNING id, phone
 """
+# The body is ours, always JSON; json_valid only keeps a hand-edited one from failing the sweep.
+REDACT_OUTCOMES = """
+    UPDATE outbox SET body = json_set(body, '$.to', ?)
+    WHERE verification_id = ? AND json_valid(body)
+"""
+#: What of a refusal's error the outbox keeps.
+MAX_ERROR_LENGTH = 500
 
 #: How many queued writes one transaction takes at most.
 MAX_BATCH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What one chunk of retention did."""
+
+    #: Rows deleted, masked or dropped: the sweep comes back while this is not 0.
+    touched: int
+    #: Outcomes dropped undelivered, for being older than finished verifications are kept.
+    dropped: int
 
 
 class Store:
@@ -156,17 +206,39 @@ class Store:
         self._writer = writer
         self._thread = thread
         self._reader = reader
+        #: Held from open to close: no second process serves this database meanwhile.
+        self._lock: DatabaseLock | None = None
         self._queue: asyncio.Queue[tuple[Write[Any], asyncio.Future[Any]]] = asyncio.Queue()
         self._closed = False
         self._failing_since: float | None = None
         self._task = asyncio.create_task(self._write_loop(), name="store-writer")
         #: Called after an outcome is committed to the outbox (the publisher's wake-up).
         self.on_outcome: Callable[[], None] = lambda: None
+        #: Unsent outcomes, so /metrics needs no count over them: counted by the very first
+        #: write, queued here before anyone else's, then changed by each write that changes it.
+        self._unsent = 0
+        counted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        counted.add_done_callback(self._counted)
+        self._queue.put_nowait((_count_unsent, counted))
 
     @classmethod
     async def open(
         cls, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000
     ) -> Store:
+        # Before SQLite opens the file: a second instance touches nothing, and SQLite makes the
+        # -wal and -shm files with the mode of a database file that is already private.
+        lock = DatabaseLock.acquire(path)
+        try:
+            make_private(path)
+            store = await cls._connect(path, synchronous, busy_timeout_ms)
+        except BaseException:
+            lock.release()
+            raise
+        store._lock = lock
+        return store
+
+    @classmethod
+    async def _connect(cls, path: str, synchronous: str, busy_timeout_ms: int) -> Store:
         # One thread owns the writing connection for its whole life: sqlite3 objects stay on it.
         thread = WriterThread("store-writer")
         try:
@@ -194,6 +266,8 @@ class Store:
         await self._reader.close()
         await self._thread.call(self._writer.close)
         self._thread.stop()
+        if self._lock is not None:
+            self._lock.release()
 
     # -- verifications -------------------------------------------------------------------------
 
@@ -305,58 +379,83 @@ class Store:
 
         applied = await self._write(write)
         if applied:
+            self._unsent += len(applied)  # one outbox record each
             self.on_outcome()
         return applied
 
     # -- the outbox (notifier.publisher.Outbox) ---------------------------------------------------
 
-    async def unsent(self, limit: int) -> list[OutboxRecord]:
-        rows = await self._reader.execute_fetchall(
-            "SELECT seq, verification_id, status, body FROM outbox WHERE sent_at IS NULL"
-            " ORDER BY seq LIMIT ?",
-            (limit,),
-        )
-        return [OutboxRecord(seq=r[0], verification_id=r[1], status=r[2], body=r[3]) for r in rows]
+    async def due(self, limit: int, now: float) -> list[OutboxRecord]:
+        """Unsent records due by `now`: those tried again after a refusal first, then the others,
+        oldest first. Both halves walk the index `outbox_due` from a start, so a read costs
+        `limit` rows however many records wait deferred or due.
+        """
+        rows = await self._read(DUE, (now, limit, limit))
+        return [OutboxRecord(*row) for row in rows[:limit]]
 
     async def mark_sent(self, seqs: Sequence[int]) -> None:
         now = time.time()
 
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany("UPDATE outbox SET sent_at = ? WHERE seq = ?", [(now, s) for s in seqs])
+        def write(db: sqlite3.Connection) -> int:
+            cursor = db.executemany(
+                "UPDATE outbox SET sent_at = ? WHERE seq = ? AND sent_at IS NULL",
+                [(now, s) for s in seqs],
+            )
+            return cursor.rowcount
 
-        await self._write(write)
+        self._unsent -= await self._write(write)
+
+    async def defer(self, seq: int, until: float, error: str) -> None:
+        await self._update(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+            " WHERE seq = ? AND sent_at IS NULL",
+            (until, error[:MAX_ERROR_LENGTH], seq),
+        )
+
+    async def next_due(self) -> float | None:
+        rows = await self._read(
+            "SELECT next_attempt_at FROM outbox WHERE sent_at IS NULL"
+            " ORDER BY next_attempt_at LIMIT 1"
+        )
+        return float(rows[0][0]) if rows else None
 
     async def outbox_depth(self) -> tuple[int, float | None]:
-        """Unsent outcomes and the creation time of the oldest of them."""
-        rows = await self._reader.execute_fetchall(
-            "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL"
+        """Unsent outcomes and the creation time of the oldest of them; no scan of them."""
+        rows = await self._read(
+            "SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT 1"
         )
-        count, oldest = next(iter(rows))
-        return int(count), oldest
+        return self._unsent, rows[0][0] if rows else None
+
+    def _counted(self, future: asyncio.Future[int]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._unsent += future.result()
 
     # -- retention ------------------------------------------------------------------------------
 
     async def purge(
         self, *, finished_before: float, redact_before: float, sent_before: float
-    ) -> int:
-        """Delete old finished rows and delivered outcomes, mask old phone numbers; one chunk.
-
-        Returns how many rows it touched, so the caller can come back while there is more.
-        Outcomes not yet delivered are kept, and so is their verification; a delivered outcome
-        goes no later than its verification.
+    ) -> Purged:
+        """One chunk of retention: mask old phone numbers (in the outbox too), delete delivered
+        outcomes, drop undelivered ones older than `finished_before`, then delete finished
+        verifications without an outcome left, and old idempotency keys.
         """
 
-        def write(db: sqlite3.Connection) -> int:
-            touched = 0
+        def write(db: sqlite3.Connection) -> Purged:
+            masked = db.execute(REDACT_PHONES, (redact_before,)).fetchall()
+            db.executemany(REDACT_OUTCOMES, [(phone, vid) for vid, phone in masked])
+            dropped = db.execute(DROP_UNDELIVERED, (finished_before,)).rowcount
+            touched = len(masked) + dropped
             for sql, params in (
-                (PURGE_SENT_OUTCOMES, (min(sent_before, finished_before),)),
+                (PURGE_SENT_OUTCOMES, (sent_before,)),
                 (PURGE_FINISHED, (finished_before,)),
-                (REDACT_PHONES, (redact_before,)),
+                (PURGE_IDEMPOTENCY_KEYS, (finished_before,)),
             ):
                 touched += max(db.execute(sql, params).rowcount, 0)
-            return touched
+            return Purged(touched, dropped)
 
-        return await self._write(write)
+        purged = await self._write(write)
+        self._unsent -= purged.dropped
+        return purged
 
     # -- the writer -------------------------------------------------------------------------------
 
@@ -462,6 +561,10 @@ def _transaction(db: sqlite3.Connection, writes: list[Write[Any]]) -> list[Any]:
             db.execute("ROLLBACK")
         raise
     return results
+
+
+def _count_unsent(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0])
 
 
 def _open_writer(path: str, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:

@@ -12,7 +12,7 @@ from service import validation
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.middlewares import api_key_id
 from service.models import Verification
-from service.typedefs import orchestrator_key, settings_key
+from service.typedefs import orchestrator_key, settings_key, store_key
 
 JSON = "application/json"
 
@@ -54,7 +54,12 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """200 while the database takes writes; 503 while it does not, so the process is replaced."""
+    store = request.app[store_key]
+    if store.healthy or await store.probe():
+        return web.json_response({"status": "ok"})
+    body = {"status": "unavailable", "reason": "the database does not take writes"}
+    return web.json_response(body, status=503, headers={"Retry-After": "1"})
 
 
 def _view(

@@ -17,7 +17,13 @@ from tests.conftest import API_KEY
     [
         ("VERIFY_LIMITS_SMS_PER_PHONE", "0", "'limits.sms_per_phone' must be positive"),
         ("VERIFY_LIMITS_SMS_PER_MINUTE", "-5", "'limits.sms_per_minute' must be positive"),
+        (
+            "VERIFY_QUEUE_REFUSED_RETRY_SECONDS",
+            "0",
+            "'queue.refused_retry_seconds' must be positive",
+        ),
         ("VERIFY_SERVER_EVENT_LOOP", "trio", "'server.event_loop' must be 'uvloop' or 'asyncio'"),
+        ("VERIFY_SERVER_MAX_CONNECTIONS", "0", "'server.max_connections' must be positive"),
     ],
 )
 def test_unusable_settings_stop_the_service_before_it_listens(
