@@ -1,8 +1,8 @@
 """Readiness: whether this instance can do its work now, answered at `GET /readyz`.
 
 Liveness (`/healthz`) says the process answers and its database takes writes; readiness says
-all its parts do: each part adds a
-check, a quick call that must not wait on I/O, and the instance is ready when every check passes.
+all its parts do: each part adds a check, a quick call that must not wait on I/O, and the
+instance is ready when every check passes.
 A load balancer or orchestrator stops sending work while one fails, and an alert can say which.
 """
 
