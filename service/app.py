@@ -11,24 +11,24 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier.publisher import Publisher
 from notifier.queues import resolve_queue_url, sqs_client
 from notifier.settings import QueueSettings
-from service.challenge import Challenges
+from service.api.keys import orchestrator_key, settings_key, store_key
+from service.api.routes import setup_routes
+from service.api.v1.middlewares import authentication, errors
 from service.codes import CodeBook, load_secret
 from service.config import Settings
 from service.errors import ConfigError
 from service.limits import Limits, check_settings
 from service.metrics import Metrics, metrics_key, metrics_middleware
-from service.middlewares import authentication, errors
-from service.orchestrator import Orchestrator
+from service.orchestrator.orchestrator import Orchestrator
+from service.orchestrator.recovery import recover
+from service.push.sqs import Publisher
 from service.readiness import Readiness, readiness_key
-from service.recovery import recover
 from service.retention import keep_sweeping
-from service.routes import setup_routes
-from service.sms import create_sender
-from service.store import Store
-from service.typedefs import orchestrator_key, settings_key, store_key
+from service.sms.base import create_sender
+from service.sms.challenge import Challenges
+from service.store.sqlite.store import Store
 
 log = logging.getLogger(__name__)
 

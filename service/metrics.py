@@ -22,9 +22,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from service.api.keys import store_key
 from service.models import Verification
-from service.store import Store
-from service.typedefs import store_key
+from service.store.sqlite.store import Store
 from service.validation import country_code
 
 #: Methods kept as they are in the latency label; any other (clients may send any token) is

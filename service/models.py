@@ -1,4 +1,4 @@
-"""A verification: its status, its deadline, and the view the API shows of it."""
+"""A verification: its status, its deadline, who owns it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 
 class Status(StrEnum):
@@ -53,20 +52,6 @@ class Verification:
     @property
     def pending(self) -> bool:
         return self.status is Status.PENDING
-
-    def view(self) -> dict[str, Any]:
-        """What the API shows: never the code, nor anything it could be derived from."""
-        return {
-            "id": self.id,
-            "status": self.status.value,
-            "to": self.phone,
-            "reference": self.reference,
-            "attempts_left": self.attempts_left,
-            "created_at": rfc3339(self.created_at),
-            "expires_at": rfc3339(self.expires_at),
-            "completed_at": rfc3339(self.completed_at) if self.completed_at is not None else None,
-            "reason": self.reason,
-        }
 
 
 def rfc3339(timestamp: float) -> str:

@@ -30,6 +30,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from service.api.v1.render import error_body
 from service.config import ServerSettings
 from service.errors import ConfigError, Unavailable
 
@@ -244,7 +245,7 @@ class _Admission(asyncio.Protocol):
 
 def _refusal() -> bytes:
     error = Unavailable("Too many connections are open; try again shortly.")
-    body = json.dumps(error.body(), separators=(",", ":")).encode()
+    body = json.dumps(error_body(error), separators=(",", ":")).encode()
     head = (
         "HTTP/1.1 503 Service Unavailable\r\n"
         "Content-Type: application/json; charset=utf-8\r\n"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from service.deadlines import TICK, Deadlines
+from service.orchestrator.deadlines import TICK, Deadlines
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
 

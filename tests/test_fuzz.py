@@ -23,8 +23,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from service.api.v1.openapi import openapi_document
 from service.config import Settings
-from service.openapi import openapi_document
 from tests.conftest import AUTH, MakeClient, start
 
 CHECKS = [

@@ -6,8 +6,8 @@ from typing import Any
 
 from openapi_spec_validator import validate
 
+from service.api.v1.openapi import openapi_document
 from service.config import Settings
-from service.openapi import openapi_document
 from tests.conftest import MakeClient
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

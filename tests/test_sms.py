@@ -17,7 +17,9 @@ import pytest
 
 from service.config import Secret, SmsSettings
 from service.errors import ConfigError, SmsRejected, SmsUnavailable
-from service.sms import ConsoleSender, TwilioSender, create_sender
+from service.sms.base import create_sender
+from service.sms.console import ConsoleSender
+from service.sms.twilio import TwilioSender
 from tests.twilio_server import MAGIC_NUMBERS, TwilioServer
 
 TO = "+14155550123"

@@ -25,7 +25,7 @@ import pytest
 
 from service.config import Secret, SmsSettings
 from service.errors import SmsRejected
-from service.sms import TwilioSender
+from service.sms.twilio import TwilioSender
 from tests.service_process import free_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ import pytest
 
 from notifier import queues
 from notifier.messages import OutboxRecord, outcome_body
-from notifier.publisher import Publisher
 from notifier.queues import SqsClient
 from notifier.settings import QueueSettings
+from service.push.sqs import Publisher
 from tests.localstack import TcpProxy, queue_depth, receive_all
 
 FAST = (0.05, 0.1, 0.2)
@@ -214,7 +214,7 @@ async def test_records_wait_out_an_outage_and_go_when_sqs_is_back(
     sqs_proxy: TcpProxy,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, "notifier")
+    caplog.set_level(logging.INFO, "service.push")
     outbox = MemoryOutbox()
     outbox.add("ver_before")
     via_proxy = dataclasses.replace(queue_settings, endpoint_url=sqs_proxy.url)

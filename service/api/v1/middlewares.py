@@ -10,12 +10,18 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from service.api.v1.render import error_body
 from service.config import Secret
 from service.errors import (
+    BadRequest,
+    NotFound,
+    NotPending,
     PayloadTooLarge,
     RateLimited,
     Unauthorized,
     Unavailable,
+    Unprocessable,
+    UnsupportedMediaType,
     VerificationError,
 )
 
@@ -30,11 +36,31 @@ HTTP_CODES = {
     413: PayloadTooLarge.code,
 }
 
+#: This surface's statuses for the domain's errors; a subclass takes its nearest ancestor's.
+STATUSES: dict[type[VerificationError], int] = {
+    BadRequest: 400,
+    Unauthorized: 401,
+    NotFound: 404,
+    NotPending: 409,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    Unprocessable: 422,
+    RateLimited: 429,
+    Unavailable: 503,
+}
+
 api_key_id = web.RequestKey("api_key_id", str)
 
 
+def status_of(error: VerificationError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUSES:
+            return STATUSES[cls]
+    return 500
+
+
 def error_response(error: VerificationError) -> web.Response:
-    response = web.json_response(error.body(), status=error.status, dumps=_dumps)
+    response = web.json_response(error_body(error), status=status_of(error), dumps=_dumps)
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="verifications"'
     if isinstance(error, RateLimited | Unavailable):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service import metrics, openapi, readiness, views
+from service import metrics, readiness
+from service.api.v1 import openapi, views
 
 
 def setup_routes(app: web.Application) -> None:

@@ -20,7 +20,7 @@ from service.config import SmsSettings
 from service.errors import ConfigError, SmsError, SmsRejected, SmsUnavailable
 from service.limits import Limits
 from service.models import Verification
-from service.sms import SmsSender
+from service.sms.base import SmsSender
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,4 @@
-"""Delivering the challenge by SMS: Twilio in production, the console in development.
-
-Every sender raises `SmsRejected` when the provider refuses the message for good (an invalid or
-unreachable number) and `SmsUnavailable` when trying again later may work (5xx, 429, time-out,
-connection error). Retrying is the SMS challenge's business (`service.challenge`): a sender makes
-one try.
-"""
+"""The Twilio sender: Messages API through the official SDK's asyncio client, one try a send."""
 
 from __future__ import annotations
 
@@ -12,8 +6,7 @@ import asyncio
 import base64
 import logging
 import re
-import uuid
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 from twilio.base.exceptions import (  # type: ignore[import-untyped]
@@ -26,32 +19,7 @@ from twilio.rest import Client  # type: ignore[import-untyped]
 from service.config import SmsSettings
 from service.errors import ConfigError, SmsRejected, SmsUnavailable
 
-logger = logging.getLogger(__name__)
-
-SENDERS = ("twilio", "console", "auto")
 PHONE_NUMBER = re.compile(r"\+?\d{6,}")
-
-
-class SmsSender(Protocol):
-    async def send(self, to: str, body: str) -> str:
-        """Send `body` to `to` and return the provider's message id."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class ConsoleSender:
-    """Prints each message, code and all, to stdout: for local development, with no account.
-
-    Stdout only: the logs go to stderr, and a code must never reach wherever they are shipped.
-    """
-
-    async def send(self, to: str, body: str) -> str:
-        print(f"SMS to {to}: {body}", flush=True)
-        return f"console-{uuid.uuid4().hex}"
-
-    async def close(self) -> None:
-        pass
 
 
 class _HeaderAuthHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
@@ -132,41 +100,6 @@ class TwilioSender:
         if self._settings.messaging_service_sid:
             return {"messaging_service_sid": self._settings.messaging_service_sid}
         return {"from_": self._settings.from_number}
-
-
-def create_sender(settings: SmsSettings, *, has_api_keys: bool) -> SmsSender:
-    """The sender `settings.sender` names; the console only when asked for, or in development.
-
-    API keys mean real callers, so production: there "auto" without Twilio's credentials is
-    refused, where it used to print every code to a console that no one reads.
-    """
-    if _wants_twilio(settings, has_api_keys):
-        return TwilioSender(settings)
-    logger.warning(
-        "SMS ARE NOT SENT: the console sender prints every code to stdout (the logs, on stderr,"
-        ' never show one); set sms.sender = "twilio" and its credentials to send SMS'
-    )
-    return ConsoleSender()
-
-
-def _wants_twilio(settings: SmsSettings, has_api_keys: bool) -> bool:
-    if settings.sender not in SENDERS:
-        choices = ", ".join(f"'{s}'" for s in SENDERS)
-        raise ConfigError(f"Config 'sms.sender' must be one of {choices}, not {settings.sender!r}.")
-    if settings.sender != "auto":
-        return settings.sender == "twilio"
-    has_sid, has_token = bool(settings.account_sid), bool(settings.auth_token)
-    if has_sid != has_token:
-        # Half a credential is a mistake; falling back to the console would print codes to stdout.
-        missing = "sms.auth_token" if has_sid else "sms.account_sid"
-        raise ConfigError(f"Config '{missing}' is missing, and the other Twilio credential is set.")
-    if not has_sid and has_api_keys:
-        raise ConfigError(
-            "Config 'sms.account_sid' and 'sms.auth_token' (or TWILIO_ACCOUNT_SID and"
-            " TWILIO_AUTH_TOKEN) are missing, and API keys are set: set them to send SMS, or set"
-            ' sms.sender = "console" to print the codes to stdout on purpose.'
-        )
-    return has_sid
 
 
 def _check_twilio(settings: SmsSettings) -> None:

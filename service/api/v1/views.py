@@ -9,10 +9,11 @@ import orjson
 from aiohttp import web
 
 from service import validation
+from service.api.keys import orchestrator_key, settings_key, store_key
+from service.api.v1 import render
+from service.api.v1.middlewares import api_key_id
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.middlewares import api_key_id
 from service.models import Verification
-from service.typedefs import orchestrator_key, settings_key, store_key
 
 JSON = "application/json"
 
@@ -67,7 +68,7 @@ def _view(
 ) -> web.Response:
     # orjson: every answer of the hot path is one of these, and it is ten times json.dumps's speed.
     # The view holds only validated strings, so there is nothing (lone surrogates) it refuses.
-    body = orjson.dumps(v.view())
+    body = orjson.dumps(render.view(v))
     return web.Response(
         body=body, status=status, headers=headers, content_type=JSON, charset="utf-8"
     )

@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from notifier.messages import OutboxRecord, outcome_body
-from service.database_files import DatabaseLock, make_private
 from service.errors import StoreUnavailable
 from service.models import Status, Verification, request_digest, rfc3339
-from service.writer import WriterThread
+from service.store.sqlite.files import DatabaseLock, make_private
+from service.store.sqlite.writer import WriterThread
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,7 @@ class Store:
             self.on_outcome()
         return applied
 
-    # -- the outbox (notifier.publisher.Outbox) ---------------------------------------------------
+    # -- the outbox (service.push.sqs.Outbox) -----------------------------------------------------
 
     async def due(self, limit: int, now: float) -> list[OutboxRecord]:
         """Unsent records due by `now`: those tried again after a refusal first, then the others,

@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass, replace
 
 from service.models import Status, Verification
-from service.orchestrator import Clock, Orchestrator
-from service.store import Store
+from service.orchestrator.orchestrator import Clock, Orchestrator
+from service.store.sqlite.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 Each task waits on two things at once with asyncio.wait: its inbox (codes, cancels, resends,
 delivered like Durable Functions' external events, and the SMS activity's own reports) and the
 deadline. Whichever comes first decides; a losing inbox waiter is cancelled, a losing deadline (a
-future shared per tick, see `service.deadlines`) is left to the others waiting on it. The SMS goes
-out from a task of its own, so neither Twilio's retries nor its silence hold the verification up.
+future shared per tick, see `deadlines`) is left to the others waiting on it. The SMS goes out
+from a task of its own, so neither Twilio's retries nor its silence hold the verification up.
 Every transition is committed to the store before anyone is told of it, and commands are handled
 one at a time, so attempts can never be over-spent.
 
@@ -26,10 +26,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
-from service.challenge import Challenges
 from service.codes import CodeBook
 from service.config import DatabaseSettings, VerificationSettings
-from service.deadlines import Deadlines
 from service.errors import (
     NotFound,
     NotPending,
@@ -41,7 +39,9 @@ from service.errors import (
 )
 from service.limits import Limits
 from service.models import Status, Verification, request_digest
-from service.store import KeyHolder, Store
+from service.orchestrator.deadlines import Deadlines
+from service.sms.challenge import Challenges
+from service.store.sqlite.store import KeyHolder, Store
 
 log = logging.getLogger(__name__)
 
@@ -507,7 +507,7 @@ class Orchestrator:
             return run
         v = await self.get(verification_id, owner=owner)
         if not v.pending:
-            raise NotPending(f"Verification '{verification_id}' is {v.status.value}.", v.view())
+            raise NotPending(v)
         if self._stopping:
             raise Unavailable("The service is stopping; try again shortly.")
         # Pending on disk but not armed (its task failed): arm it now, so it can be answered.
@@ -531,9 +531,7 @@ class Orchestrator:
         if v.pending or command.decided or command.kind == "resend":
             command.reply.set_result(v)
         else:
-            command.reply.set_exception(
-                NotPending(f"Verification '{v.id}' is {v.status.value}.", v.view())
-            )
+            command.reply.set_exception(NotPending(v))
 
     def _replayed(self, holder: KeyHolder, digest: bytes) -> Verification:
         if holder.request_hash != digest:

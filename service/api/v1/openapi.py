@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
+from service.api.keys import settings_key
 from service.config import Settings, VerificationSettings
 from service.models import Status
-from service.typedefs import settings_key
 
 Schema = dict[str, Any]
 

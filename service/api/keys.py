@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.config import Settings
-from service.orchestrator import Orchestrator
-from service.store import Store
+from service.orchestrator.orchestrator import Orchestrator
+from service.store.sqlite.store import Store
 
 settings_key = web.AppKey("settings", Settings)
 store_key = web.AppKey("store", Store)
