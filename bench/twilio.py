@@ -16,7 +16,7 @@ import argparse
 import uvloop
 from aiohttp import web
 
-from tests.twilio_server import TwilioServer, serve
+from tests.support.twilio import TwilioServer, serve
 
 MAX_WAIT_SECONDS = 60.0
 

@@ -24,7 +24,7 @@ die() {
     exit 1
 }
 
-# Keep in sync with LOCALSTACK_ENV in tests/localstack.py.
+# Keep in sync with LOCALSTACK_ENV in tests/support/localstack.py.
 localstack_env() {
     local port=$1
     export SERVICES=sqs

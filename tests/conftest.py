@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +12,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
 from service.config import Settings, settings_from
-from tests.twilio_server import TwilioServer
+from tests.support.api import API_KEY, MakeClient, MakeSettings
+from tests.support.twilio import TwilioServer
 
-pytest_plugins = ["tests.localstack"]
-
-API_KEY = "test-key-0123456789"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-MakeSettings = Callable[..., Settings]
-MakeClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+pytest_plugins = ["tests.support.localstack"]
 
 
 @pytest.fixture
@@ -78,26 +73,3 @@ async def make_client(
 @pytest.fixture
 async def client(make_client: MakeClient) -> TestClient[web.Request, web.Application]:
     return await make_client()
-
-
-async def start(
-    client: TestClient[web.Request, web.Application], phone: str = "+14155550100", **body: Any
-) -> dict[str, Any]:
-    r = await client.post("/verifications", json={"phone": phone, **body}, headers=AUTH)
-    assert r.status == 202, await r.text()
-    view: dict[str, Any] = await r.json()
-    return view
-
-
-async def submit(
-    client: TestClient[web.Request, web.Application], verification_id: str, code: str
-) -> tuple[int, dict[str, Any]]:
-    r = await client.post(
-        f"/verifications/{verification_id}/code", json={"code": code}, headers=AUTH
-    )
-    return r.status, await r.json()
-
-
-def wrong(code: str) -> str:
-    """A code of the same form that is certainly not `code`."""
-    return f"{(int(code) + 1) % 10 ** len(code):0{len(code)}d}"

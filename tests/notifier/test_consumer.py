@@ -10,7 +10,7 @@ from notifier.consumer import Consumer, Outcome, outcomes
 from notifier.messages import outcome_body, sign
 from notifier.queues import SqsClient, dead_letter_name
 from notifier.settings import QueueSettings
-from tests.localstack import queue_depth, receive_all
+from tests.support.localstack import queue_depth, receive_all
 
 
 def body(verification_id: str, status: str = "verified") -> str:
@@ -110,7 +110,7 @@ async def test_failing_outcome_comes_back_then_moves_to_the_dead_letter_queue(
         moved = await receive_all(sqs_client, await dead_letters(sqs_client, queue_settings), 1)
 
     assert [json.loads(m["Body"])["id"] for m in moved] == ["ver_1"]
-    # The queue's redrive policy allows 2 receives (tests.localstack's queues).
+    # The queue's redrive policy allows 2 receives (tests.support.localstack's queues).
     assert receive_counts == [1, 2]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from notifier.messages import outcome_body, sign
 from notifier.queues import SqsClient, dead_letter_name
 from notifier.settings import QueueSettings
-from tests.localstack import REGION, queue_depth
+from tests.support.localstack import REGION, queue_depth
 
 
 def body(verification_id: str) -> str:

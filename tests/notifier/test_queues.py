@@ -11,7 +11,7 @@ from notifier.queues import (
     sqs_client,
 )
 from notifier.settings import QueueSettings
-from tests.localstack import REGION
+from tests.support.localstack import REGION
 
 
 async def attributes(client: SqsClient, url: str) -> dict[str, str]:

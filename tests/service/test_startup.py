@@ -1,0 +1,50 @@
+"""Starting the service: settings it cannot honour stop it at once, with a message naming them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.api import API_KEY
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "named"),
+    [
+        ("VERIFY_LIMITS_SMS_PER_PHONE", "0", "'limits.sms_per_phone' must be positive"),
+        ("VERIFY_LIMITS_SMS_PER_MINUTE", "-5", "'limits.sms_per_minute' must be positive"),
+        (
+            "VERIFY_QUEUE_REFUSED_RETRY_SECONDS",
+            "0",
+            "'queue.refused_retry_seconds' must be positive",
+        ),
+        ("VERIFY_SERVER_EVENT_LOOP", "trio", "'server.event_loop' must be 'uvloop' or 'asyncio'"),
+        ("VERIFY_SERVER_MAX_CONNECTIONS", "0", "'server.max_connections' must be positive"),
+    ],
+)
+def test_unusable_settings_stop_the_service_before_it_listens(
+    tmp_path: Path, setting: str, value: str, named: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VERIFY_", "TWILIO_"))}
+    env |= {
+        "VERIFY_DATABASE_PATH": str(tmp_path / "verifications.db"),
+        "VERIFY_AUTH_API_KEYS": API_KEY,
+        "VERIFY_QUEUE_ENABLED": "false",
+        "VERIFY_SERVER_PORT": "1",  # never reached: binding it would fail
+        setting: value,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "service"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "cannot start" in done.stderr and named in done.stderr, done.stderr
+    assert not (tmp_path / "verifications.db").exists(), "nothing is created"
