@@ -64,6 +64,17 @@ class SlidingWindow:
                 events = self._events[key] = deque(maxlen=self.limit)
             events.append(now)
 
+    def remove(self, key: str, at: float) -> None:
+        """Take back the event `add(key, at)` counted."""
+        events = self._events.get(key)
+        if events is None or at not in events:
+            return
+        if isinstance(events, deque):
+            events.remove(at)
+            return
+        position = events.index(at)
+        self._events[key] = events[:position] + events[position + 1 :]
+
     def sweep(self, now: float) -> None:
         """Forget keys with no event in the window, so memory follows recent traffic only."""
         for key in [k for k, e in self._events.items() if not e or e[-1] <= now - self.window]:
@@ -98,8 +109,11 @@ class Limits:
         #: Called with the reason of every refusal (metrics).
         self.on_refused: Callable[[str], None] = lambda reason: None
 
-    def admit(self, phone: str, caller: str) -> None:
-        """Count one SMS to `phone` for `caller`, or raise without counting anything."""
+    def admit(self, phone: str, caller: str) -> float:
+        """Count one SMS to `phone` for `caller`, or raise without counting anything.
+
+        Returns the time it was counted at, for `refund`.
+        """
         now = self._clock()
         self._sweep(now)
         try:
@@ -119,6 +133,12 @@ class Limits:
                 raise RateLimited(message, retry_after=wait, code=reason)
         for window, key, _, _ in checks:
             window.add(key, now)
+        return now
+
+    def refund(self, phone: str, caller: str, at: float) -> None:
+        """Take back what `admit` counted at `at`: the start it was for sent nothing."""
+        for window, key in ((self._per_phone, phone), (self._per_key, caller), (self._budget, "*")):
+            window.remove(key, at)
 
     def charge(self, phone: str) -> bool:
         """Count one more SMS to `phone` (a retry or a resend from recovery), if the number's

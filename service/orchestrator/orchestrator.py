@@ -65,6 +65,24 @@ class Command:
     received_at: float = 0.0
     #: Whether this command made the verification final (it is then answered 200, not 409).
     decided: bool = False
+    #: A resend's idempotency key, claimed by the task only while the verification is pending.
+    key: str | None = None
+    digest: bytes = b""
+    #: Set when a resend's key turned out to be taken: the request is a replay of that one.
+    holder: KeyHolder | None = None
+
+
+class _Gone(Exception):
+    """A resend reached a verification that ended meanwhile: the start makes a new one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What a start came to: the verification, and whether it is new or a replay of a key."""
+
+    verification: Verification
+    created: bool
+    replayed: bool
 
 
 @dataclass(slots=True, eq=False)
@@ -152,12 +170,13 @@ class Orchestrator:
         *,
         owner: str = "-",
         idempotency_key: str | None = None,
-    ) -> tuple[Verification, bool]:
-        """Start a verification, or resend the pending one for this phone; True if it is new.
+    ) -> Started:
+        """Start a verification, or resend the pending one for this phone.
 
         The row is committed before this returns; the SMS goes out from a task of its own.
         Starts for the same owner and phone are taken one at a time, so a double click makes
-        one verification and one code, whatever the interleaving.
+        one verification and one code, whatever the interleaving. A start that sends nothing
+        (a replay, a refusal, a database failure) is not counted against the limits.
         """
         if self._stopping:
             raise Unavailable("The service is stopping; try again shortly.")
@@ -166,12 +185,27 @@ class Orchestrator:
             if idempotency_key is not None:
                 holder = await self._store.by_idempotency_key(idempotency_key)
                 if holder is not None:
-                    return self._replayed(holder, digest), False
-            self._limits.admit(phone, owner)
-            pending = self._by_phone.get((owner, phone))
-            if pending is not None:
-                return await self._resend(pending, idempotency_key, digest)
-            return await self._create(phone, reference, owner, idempotency_key, digest)
+                    return Started(self._replayed(holder, digest), created=False, replayed=True)
+            admitted = self._limits.admit(phone, owner)
+            try:
+                started = await self._start(phone, reference, owner, idempotency_key, digest)
+            except BaseException:
+                self._limits.refund(phone, owner, admitted)
+                raise
+            if started.replayed:
+                self._limits.refund(phone, owner, admitted)
+            return started
+
+    async def _start(
+        self, phone: str, reference: str | None, owner: str, key: str | None, digest: bytes
+    ) -> Started:
+        pending = self._by_phone.get((owner, phone))
+        if pending is not None:
+            try:
+                return await self._resend(pending, key, digest)
+            except _Gone:
+                pass  # it ended while the resend waited its turn: this start makes a new one
+        return await self._create(phone, reference, owner, key, digest)
 
     async def submit_code(
         self, verification_id: str, code: str, *, owner: str = "-"
@@ -206,22 +240,28 @@ class Orchestrator:
         return run
 
     async def close(self, grace: float) -> None:
-        """Stop: idle tasks at once (their state is on disk), busy ones after `grace` seconds.
+        """Stop: idle tasks at once (their state is on disk), busy ones by `grace` seconds.
 
-        A second call, while or after the first runs, finds nothing left to stop.
+        An SMS in flight makes its verification busy: cut short, Twilio may have taken it, and
+        the restart would send it again. A task goes as soon as it is idle again. A second call,
+        while or after the first runs, finds nothing left to stop.
         """
         self._stopping = True
-        for run in list(self._runs.values()):
-            # An SMS in flight gets the grace too: cut short, Twilio may have taken it, and the
-            # restart would send it again.
-            if run.waiter is not None and run.task is not None and run.sending is None:
-                run.task.cancel()
-        busy = [r.task for r in self._runs.values() if r.task is not None and not r.task.done()]
-        if busy:
-            _, late = await asyncio.wait(busy, timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while True:
+            for run in list(self._runs.values()):
+                if run.waiter is not None and run.task is not None and run.sending is None:
+                    run.task.cancel()
+            busy = [r.task for r in self._runs.values() if r.task is not None and not r.task.done()]
+            left = deadline - loop.time()
+            if not busy or left <= 0:
+                break
+            # Woken when one ends, and every so often: a busy task may have become idle.
+            await asyncio.wait(busy, timeout=min(left, 0.05), return_when=FIRST_COMPLETED)
+        for task in busy:
+            task.cancel()
+        await asyncio.gather(*busy, return_exceptions=True)
         # A task cancelled before its first step never ran the code that reaps it.
         for run in list(self._runs.values()):
             self._reap(run, asyncio.CancelledError())
@@ -235,7 +275,7 @@ class Orchestrator:
         owner: str,
         key: str | None,
         digest: bytes,
-    ) -> tuple[Verification, bool]:
+    ) -> Started:
         now = self._clock()
         v = Verification(
             id="VE" + secrets.token_hex(16),
@@ -251,17 +291,21 @@ class Orchestrator:
         )
         holder = await self._store.insert(v, key, digest)
         if holder is not None:  # the same key raced in from another request for another number
-            return self._replayed(holder, digest), False
+            return Started(self._replayed(holder, digest), created=False, replayed=True)
         self.on_started(v)
-        return self.resume(v, charged=True).verification, True
+        return Started(self.resume(v, charged=True).verification, created=True, replayed=False)
 
-    async def _resend(self, run: Run, key: str | None, digest: bytes) -> tuple[Verification, bool]:
-        v = run.verification
-        if key is not None:
-            holder = await self._store.remember_key(key, v.id, digest, self._clock())
-            if holder is not None:
-                return self._replayed(holder, digest), False
-        return await self._command(run, Command("resend", self._reply())), False
+    async def _resend(self, run: Run, key: str | None, digest: bytes) -> Started:
+        """Have the verification's task claim the key and send the code again.
+
+        The task does both, between its other commands, so neither can happen to a verification
+        that has ended: then `_Gone` is raised, and nothing was claimed or sent.
+        """
+        command = Command("resend", self._reply(), key=key, digest=digest)
+        v = await self._command(run, command)
+        if command.holder is not None:
+            return Started(self._replayed(command.holder, digest), created=False, replayed=True)
+        return Started(v, created=False, replayed=False)
 
     @asynccontextmanager
     async def _one_start(self, owner: str, phone: str) -> AsyncIterator[None]:
@@ -346,6 +390,12 @@ class Orchestrator:
         v = run.verification
         kind = command.kind
         if kind == "resend":
+            if command.key is not None:
+                command.holder = await self._store.remember_key(
+                    command.key, v.id, command.digest, self._clock()
+                )
+                if command.holder is not None:
+                    return  # a replay: nothing is sent
             self._send(run, first=False, charged=True)
         elif kind == "sent":
             await self._checkpoint_sms(run, command.code)
@@ -514,6 +564,13 @@ class Orchestrator:
         return self.resume(v)
 
     async def _command(self, run: Run, command: Command) -> Verification:
+        if self._runs.get(run.verification.id) is not run:  # reaped while the caller waited
+            if command.kind == "resend":
+                raise _Gone()
+            v = run.verification
+            if v.pending:
+                raise Unavailable("The service is stopping; try again shortly.")
+            raise NotPending(f"Verification '{v.id}' is {v.status.value}.", v.view())
         if run.queued >= self._settings.max_queued_commands:
             raise RateLimited(
                 "Too many requests are waiting for this verification.",
@@ -528,7 +585,9 @@ class Orchestrator:
         if command.reply is None or command.reply.done():
             return
         v = run.verification
-        if v.pending or command.decided or command.kind == "resend":
+        if command.kind == "resend" and not v.pending:
+            command.reply.set_exception(_Gone())
+        elif v.pending or command.decided or command.kind == "resend":
             command.reply.set_result(v)
         else:
             command.reply.set_exception(NotPending(v))
@@ -558,6 +617,9 @@ def _refuse(command: Command, exc: BaseException) -> None:
     if command.reply is None or command.reply.done():
         return
     if isinstance(exc, asyncio.CancelledError):
-        command.reply.set_exception(Unavailable("The service is stopping; try again shortly."))
+        # Cut short mid-write, the change may yet be on disk: asking again shows which.
+        command.reply.set_exception(
+            Unavailable("The service is stopping; ask again shortly: the request may have applied.")
+        )
     else:
         command.reply.set_exception(exc)

@@ -26,12 +26,13 @@ async def start(request: web.Request) -> web.Response:
     key = validation.idempotency_key(request.headers.get("Idempotency-Key"))
     scoped_key = f"{request[api_key_id]}:{key}" if key is not None else None
     orchestrator = request.app[orchestrator_key]
-    v, created = await orchestrator.start(
+    started = await orchestrator.start(
         phone, reference, owner=request[api_key_id], idempotency_key=scoped_key
     )
+    v = started.verification
     headers = {"Location": f"/verifications/{v.id}"}
-    if not created:
-        headers["Idempotent-Replayed"] = "true" if key is not None else "false"
+    if not started.created:
+        headers["Idempotent-Replayed"] = "true" if started.replayed else "false"
     return _view(v, status=202, headers=headers)
 
 

@@ -122,3 +122,56 @@ async def test_commands_waiting_for_one_verification_are_capped(
     refused = next(a for a in answers if a.status == 429)
     assert refused.headers["Retry-After"] == "1"
     assert (await refused.json())["error"]["code"] == "too_many_requests"
+
+
+async def test_a_start_racing_the_end_of_its_verification_is_answered_with_a_live_one(
+    make_client: MakeClient, twilio: TwilioServer
+) -> None:
+    client = await make_client(limits={"sms_per_phone": 1000})
+    for trial in range(30):
+        _, view = await post(client, {"phone": PHONE})
+        url = f"/verifications/{view['id']}"
+        key = {"Idempotency-Key": f"race-{trial}"} if trial % 2 else {}
+        # The cancel and the start race: whichever the task takes first, the start must be
+        # answered, and with a verification that is still pending (the old one, or a new one).
+        cancel = client.delete(url, headers=AUTH)
+        again = asyncio.wait_for(post(client, {"phone": PHONE}, **key), timeout=5)
+        (_, (status, body)) = await asyncio.gather(cancel, again)
+        assert status == 202, body
+        assert body["status"] == "pending", (trial, body)
+        await client.delete(f"/verifications/{body['id']}", headers=AUTH)
+
+
+async def test_a_start_the_database_refused_is_not_counted_against_the_limits(
+    make_client: MakeClient, make_settings: MakeSettings, twilio: TwilioServer
+) -> None:
+    settings = make_settings(
+        limits={"sms_per_phone": 2}, database={"busy_timeout_ms": 50, "write_retry_seconds": 0.1}
+    )
+    client = await make_client(settings)
+    db = sqlite3.connect(settings.database.path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        refused = [await post(client, {"phone": PHONE}) for _ in range(4)]
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert {status for status, _ in refused} == {503}
+
+    status, body = await post(client, {"phone": PHONE})
+
+    assert status == 202, body  # the four 503s sent nothing, so counted nothing
+
+
+async def test_a_resend_with_a_new_key_is_not_called_a_replay(
+    client: Any, twilio: TwilioServer
+) -> None:
+    await post(client, {"phone": PHONE})
+    r = await client.post(
+        "/verifications", json={"phone": PHONE}, headers={**AUTH, "Idempotency-Key": "new"}
+    )
+    assert r.headers["Idempotent-Replayed"] == "false"  # a resend: an SMS went out
+    r = await client.post(
+        "/verifications", json={"phone": PHONE}, headers={**AUTH, "Idempotency-Key": "new"}
+    )
+    assert r.headers["Idempotent-Replayed"] == "true"

@@ -118,3 +118,18 @@ async def test_many_sends_at_once_are_paced_and_none_times_out_waiting(
     assert twilio.max_in_flight == 3
     assert twilio.attempts == len(phones), "a send timed out waiting for its turn"
     assert {(await view_of(client, v["id"]))["status"] for v in views} == {"pending"}
+
+
+async def test_a_stop_waits_for_an_sms_in_flight_but_not_for_the_whole_grace(
+    make_client: MakeClient, twilio: TwilioServer
+) -> None:
+    client = await make_client(server={"shutdown_grace_seconds": 5.0})
+    twilio.delay = 0.3
+    await start(client, PHONE)
+    await asyncio.sleep(0.05)  # the SMS is in flight
+
+    began = time.monotonic()
+    await client.close()
+
+    assert len(twilio.messages_to(PHONE)) == 1, "the SMS in flight was cut short"
+    assert time.monotonic() - began < 2.0
