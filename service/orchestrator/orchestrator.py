@@ -570,7 +570,7 @@ class Orchestrator:
             v = run.verification
             if v.pending:
                 raise Unavailable("The service is stopping; try again shortly.")
-            raise NotPending(f"Verification '{v.id}' is {v.status.value}.", v.view())
+            raise NotPending(v)
         if run.queued >= self._settings.max_queued_commands:
             raise RateLimited(
                 "Too many requests are waiting for this verification.",

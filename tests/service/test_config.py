@@ -8,7 +8,7 @@ from pathlib import Path
 
 from service.config import Settings, load_settings
 
-CONFIG = Path(__file__).resolve().parents[1] / "config.toml"
+CONFIG = Path(__file__).resolve().parents[2] / "config.toml"
 
 
 def test_config_toml_lists_every_setting() -> None:
