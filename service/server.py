@@ -32,7 +32,7 @@ from aiohttp import web
 
 from service.api.v1.render import error_body
 from service.config import ServerSettings
-from service.errors import ConfigError, Unavailable
+from service.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,7 @@ SPARE_DESCRIPTORS = 64
 
 
 def check_settings(settings: ServerSettings) -> None:
-    """Refuse, before anything starts, server settings that cannot be honoured."""
-    if settings.max_connections < 1:
-        raise ConfigError("Config 'server.max_connections' must be positive.")
-    if settings.shutdown_grace_seconds < 0:
-        raise ConfigError("Config 'server.shutdown_grace_seconds' must not be negative.")
+    """Warn, before anything starts, of what the machine will not let the settings do."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and settings.max_connections + SPARE_DESCRIPTORS > soft:
         log.warning(
@@ -79,7 +75,7 @@ async def serve(app: web.Application, settings: ServerSettings) -> None:
     """
     loop = asyncio.get_running_loop()
     drain = Drain()
-    # Innermost, inside the `errors` middleware, which renders the 503 it raises.
+    # The root's innermost, inside its `errors` (which renders the 503), outside each surface's.
     app.middlewares.append(drain.middleware)
     # After the app's own handlers: the requests are waited for beside its work, then this.
     app.on_shutdown.append(drain.wait)

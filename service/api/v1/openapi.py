@@ -25,7 +25,7 @@ VERIFICATION_PATH = "/verifications/{id}"
 
 
 async def openapi(request: web.Request) -> web.Response:
-    body = _rendered(request.app[settings_key])
+    body = _rendered(request.config_dict[settings_key])
     return web.Response(body=body, content_type=JSON, charset="utf-8")
 
 

@@ -1,4 +1,7 @@
-"""Thin views: parse the request, call the orchestrator, answer with the verification's view."""
+"""Thin views: parse the request, call the orchestrator, answer with the verification's view.
+
+They run in the v1 sub-application: the app's objects are reached through `request.config_dict`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ import orjson
 from aiohttp import web
 
 from service import validation
-from service.api.keys import orchestrator_key, settings_key, store_key
+from service.api.keys import orchestrator_key, settings_key
 from service.api.v1 import render
-from service.api.v1.middlewares import api_key_id
+from service.api.v1.auth import api_key_id
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.models import Verification
 
@@ -19,13 +22,13 @@ JSON = "application/json"
 
 
 async def start(request: web.Request) -> web.Response:
-    settings = request.app[settings_key].verification
+    settings = request.config_dict[settings_key].verification
     body = await _json_object(request, allowed={"phone", "reference"})
     phone = validation.phone_number(_required(body, "phone"))
     reference = validation.reference(body.get("reference"), settings.max_reference_length)
     key = validation.idempotency_key(request.headers.get("Idempotency-Key"))
     scoped_key = f"{request[api_key_id]}:{key}" if key is not None else None
-    orchestrator = request.app[orchestrator_key]
+    orchestrator = request.config_dict[orchestrator_key]
     started = await orchestrator.start(
         phone, reference, owner=request[api_key_id], idempotency_key=scoped_key
     )
@@ -37,31 +40,22 @@ async def start(request: web.Request) -> web.Response:
 
 
 async def submit_code(request: web.Request) -> web.Response:
-    settings = request.app[settings_key].verification
+    settings = request.config_dict[settings_key].verification
     body = await _json_object(request, allowed={"code"})
     code = validation.code(_required(body, "code"), settings.code_length)
-    orchestrator = request.app[orchestrator_key]
+    orchestrator = request.config_dict[orchestrator_key]
     v = await orchestrator.submit_code(request.match_info["id"], code, owner=request[api_key_id])
     return _view(v)
 
 
 async def get(request: web.Request) -> web.Response:
-    orchestrator = request.app[orchestrator_key]
+    orchestrator = request.config_dict[orchestrator_key]
     return _view(await orchestrator.get(request.match_info["id"], owner=request[api_key_id]))
 
 
 async def cancel(request: web.Request) -> web.Response:
-    orchestrator = request.app[orchestrator_key]
+    orchestrator = request.config_dict[orchestrator_key]
     return _view(await orchestrator.cancel(request.match_info["id"], owner=request[api_key_id]))
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """200 while the database takes writes; 503 while it does not, so the process is replaced."""
-    store = request.app[store_key]
-    if store.healthy or await store.probe():
-        return web.json_response({"status": "ok"})
-    body = {"status": "unavailable", "reason": "the database does not take writes"}
-    return web.json_response(body, status=503, headers={"Retry-After": "1"})
 
 
 def _view(
@@ -76,7 +70,7 @@ def _view(
 
 
 async def _json_object(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    limit = request.app[settings_key].server.max_body_bytes
+    limit = request.config_dict[settings_key].server.max_body_bytes
     # Refuse on the declared length before reading; aiohttp enforces the same limit while reading.
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The body must be at most {limit} bytes.")

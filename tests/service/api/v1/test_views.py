@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import pytest
 
 from tests.support.api import AUTH, MakeClient, MakeSettings, start
+from tests.support.database import database
 from tests.support.twilio import TwilioServer
 
 JSON = {**AUTH, "Content-Type": "application/json"}
 
 
 def rows(db_path: str) -> int:
-    with sqlite3.connect(db_path) as db:
+    with database(db_path) as db:
         return int(db.execute("SELECT count(*) FROM verifications").fetchone()[0])
 
 

@@ -1,17 +1,14 @@
-"""Middlewares: every error rendered as `{"error": ...}`, and API keys checked."""
+"""This surface's errors: the domain's by its status table, and aiohttp's, as `{"error": ...}`."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from service.api.v1.render import error_body
-from service.config import Secret
 from service.errors import (
     BadRequest,
     NotFound,
@@ -26,8 +23,6 @@ from service.errors import (
 )
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: aiohttp's own refusals, under the contract's stable codes.
 HTTP_CODES = {
@@ -49,8 +44,6 @@ STATUSES: dict[type[VerificationError], int] = {
     Unavailable: 503,
 }
 
-api_key_id = web.RequestKey("api_key_id", str)
-
 
 def status_of(error: VerificationError) -> int:
     for cls in type(error).__mro__:
@@ -70,6 +63,7 @@ def error_response(error: VerificationError) -> web.Response:
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as `{"error": {"code", "message"}}`, an unexpected one logged and 500."""
     try:
         return await handler(request)
     except VerificationError as error:
@@ -84,36 +78,6 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("unhandled error", extra={"path": request.path})
         body = {"error": {"code": "internal_error", "message": "Internal error."}}
         return web.json_response(body, status=500, dumps=_dumps)
-
-
-def authentication(keys: tuple[Secret, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Bearer keys for everything under /verifications; none configured means no check."""
-    digests = [hashlib.sha256(k.encode()).digest() for k in keys]
-
-    @web.middleware
-    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if digests and request.path.startswith("/verifications"):
-            request[api_key_id] = _key_id(request, digests)
-        else:
-            request[api_key_id] = "-"
-        return await handler(request)
-
-    return authenticate
-
-
-def _key_id(request: web.Request, digests: list[bytes]) -> str:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("An API key is required: Authorization: Bearer <key>.")
-    # Digests are compared, all of them, so neither the length nor the position of a match leaks.
-    offered = hashlib.sha256(token.strip().encode()).digest()
-    found = None
-    for digest in digests:
-        if hmac.compare_digest(offered, digest):
-            found = digest
-    if found is None:
-        raise Unauthorized("The API key is not valid.", code="invalid_api_key")
-    return found.hex()[:12]
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str]:
