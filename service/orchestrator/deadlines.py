@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
 
-Clock = Callable[[], float]
+from service.models import Clock
 
 #: Seconds; a verification is decided at most this late after its deadline.
 TICK = 0.01

@@ -2,11 +2,12 @@
 
 Each task waits on two things at once with asyncio.wait: its inbox (codes, cancels, resends,
 delivered like Durable Functions' external events, and the SMS activity's own reports) and the
-deadline. Whichever comes first decides; a losing inbox waiter is cancelled, a losing deadline (a
-future shared per tick, see `deadlines`) is left to the others waiting on it. The SMS goes out
-from a task of its own, so neither Twilio's retries nor its silence hold the verification up.
-Every transition is committed to the store before anyone is told of it, and commands are handled
-one at a time, so attempts can never be over-spent.
+deadline. Whichever comes first is decided by `decisions.decide`, a pure function; the task
+carries the decision out. A losing inbox waiter is cancelled, a losing deadline (a future shared
+per tick, see `deadlines`) is left to the others waiting on it. The SMS goes out from a task of
+its own, so neither Twilio's retries nor its silence hold the verification up. Every transition
+is committed to the store before anyone is told of it, and commands are handled one at a time,
+so attempts can never be over-spent.
 
 When the database fails, nothing is adopted that is not on disk: a command is tried again for a
 little while, then answered 503 with nothing changed; a decision the deadline or the SMS made is
@@ -22,10 +23,11 @@ import secrets
 import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
+from service.backoff import delays
 from service.codes import CodeBook
 from service.config import DatabaseSettings, VerificationSettings
 from service.errors import (
@@ -38,42 +40,50 @@ from service.errors import (
     Unprocessable,
 )
 from service.limits import Limits
-from service.models import Status, Verification, request_digest
+from service.models import Clock, Status, Verification, request_digest
+from service.observers import IGNORED, Observer
 from service.orchestrator.deadlines import Deadlines
+from service.orchestrator.decisions import (
+    Answer,
+    Cancel,
+    Checkpoint,
+    Code,
+    Command,
+    Deadline,
+    Decision,
+    Finish,
+    Resend,
+    SendAgain,
+    SendFailed,
+    Sent,
+    Spend,
+    decide,
+)
+from service.outcomes import decided
 from service.sms.challenge import Challenges
-from service.store.sqlite.store import KeyHolder, Store
+from service.store import KeyHolder, Store
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 
 #: Waits between tries of a decision the database refused; the last repeats until it holds.
 STORE_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
-@dataclass(slots=True)
-class Command:
-    """An event for one verification; `reply` is resolved once it has been handled.
-
-    Callers send "code", "cancel" and "resend"; the SMS activity reports "sent" (with the
-    provider's id in `code`) and "send_failed" (with the reason in `code`).
-    """
-
-    kind: str
-    reply: asyncio.Future[Verification] | None
-    code: str = ""
-    received_at: float = 0.0
-    #: Whether this command made the verification final (it is then answered 200, not 409).
-    decided: bool = False
-    #: A resend's idempotency key, claimed by the task only while the verification is pending.
-    key: str | None = None
-    digest: bytes = b""
-    #: Set when a resend's key turned out to be taken: the request is a replay of that one.
-    holder: KeyHolder | None = None
+#: A command and the future its caller waits on; the SMS activity's reports have none.
+Letter = tuple[Command, asyncio.Future[Verification] | None]
 
 
 class _Gone(Exception):
     """A resend reached a verification that ended meanwhile: the start makes a new one."""
+
+
+class _Replayed(Exception):
+    """A resend's key turned out to be taken: the request is a replay of that one."""
+
+    def __init__(self, holder: KeyHolder) -> None:
+        super().__init__(holder.verification.id)
+        self.holder = holder
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,21 +105,21 @@ class Run:
     """
 
     verification: Verification
-    inbox: deque[Command] | None = None
+    inbox: deque[Letter] | None = None
     waiter: asyncio.Future[None] | None = None
     task: asyncio.Task[None] | None = None
     #: The SMS activity, while one is in flight.
     sending: asyncio.Task[None] | None = None
 
-    def deliver(self, command: Command) -> None:
+    def deliver(self, command: Command, reply: asyncio.Future[Verification] | None = None) -> None:
         # Buffered like raiseEvent: a command that arrives while the task is busy is not lost.
         if self.inbox is None:
             self.inbox = deque()
-        self.inbox.append(command)
+        self.inbox.append((command, reply))
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    def next_command(self) -> Command | None:
+    def next_command(self) -> Letter | None:
         return self.inbox.popleft() if self.inbox else None
 
     @property
@@ -137,6 +147,7 @@ class Orchestrator:
         settings: VerificationSettings,
         database: DatabaseSettings | None = None,
         clock: Clock = time.time,
+        observer: Observer = IGNORED,
     ) -> None:
         self._limits = limits
         self._store = store
@@ -145,6 +156,7 @@ class Orchestrator:
         self._settings = settings
         self._write_retry_seconds = (database or DatabaseSettings()).write_retry_seconds
         self._clock = clock
+        self._observer = observer
         self._deadlines = Deadlines(clock)
         self._runs: dict[str, Run] = {}
         #: The pending verification of each (owner, phone): one at a time for each.
@@ -152,10 +164,6 @@ class Orchestrator:
         #: Starts in progress, by (owner, phone): concurrent starts for one number queue here.
         self._starting: dict[tuple[str, str], _Turn] = {}
         self._stopping = False
-        #: Called with each verification that reached a final status (metrics).
-        self.on_finished: Callable[[Verification], None] = lambda v: None
-        #: Called with each verification just started, not with resends or replays (metrics).
-        self.on_started: Callable[[Verification], None] = lambda v: None
 
     @property
     def pending_count(self) -> int:
@@ -212,12 +220,28 @@ class Orchestrator:
     ) -> Verification:
         """Hand a code to the verification's task and wait until it has been decided."""
         run = await self._run_of(verification_id, owner)
-        command = Command("code", self._reply(), code=code, received_at=self._clock())
-        return await self._command(run, command)
+        # Checked on arrival, like an update's validator: the salt is the verification's for life.
+        matches = self._codes.matches(run.verification.salt, code)
+        return await self._command(run, Code(matches, received_at=self._clock()))
 
     async def cancel(self, verification_id: str, *, owner: str = "-") -> Verification:
         run = await self._run_of(verification_id, owner)
-        return await self._command(run, Command("cancel", self._reply()))
+        return await self._command(run, Cancel())
+
+    async def expire(self, overdue: Sequence[Verification]) -> None:
+        """Finish, in one transaction, verifications whose deadline passed while none was armed.
+
+        Recovery's: each is decided as its deadline would have decided it, and told once.
+        """
+        now = self._clock()
+        decisions = [decide(v, Deadline(), now) for v in overdue]
+        finals = [d.final for d in decisions if isinstance(d, Finish)]
+        if not finals:
+            return
+        applied = await self._store.finish([decided(v) for v in finals])
+        for v in finals:
+            if v.id in applied:
+                self._observer.finished(v)
 
     async def get(self, verification_id: str, *, owner: str = "-") -> Verification:
         run = self._runs.get(verification_id)
@@ -292,7 +316,7 @@ class Orchestrator:
         holder = await self._store.insert(v, key, digest)
         if holder is not None:  # the same key raced in from another request for another number
             return Started(self._replayed(holder, digest), created=False, replayed=True)
-        self.on_started(v)
+        self._observer.started(v)
         return Started(self.resume(v, charged=True).verification, created=True, replayed=False)
 
     async def _resend(self, run: Run, key: str | None, digest: bytes) -> Started:
@@ -301,10 +325,10 @@ class Orchestrator:
         The task does both, between its other commands, so neither can happen to a verification
         that has ended: then `_Gone` is raised, and nothing was claimed or sent.
         """
-        command = Command("resend", self._reply(), key=key, digest=digest)
-        v = await self._command(run, command)
-        if command.holder is not None:
-            return Started(self._replayed(command.holder, digest), created=False, replayed=True)
+        try:
+            v = await self._command(run, Resend(key, digest))
+        except _Replayed as replay:
+            return Started(self._replayed(replay.holder, digest), created=False, replayed=True)
         return Started(v, created=False, replayed=False)
 
     @asynccontextmanager
@@ -345,11 +369,11 @@ class Orchestrator:
                     finally:
                         waiter.cancel()
                         run.waiter = None
-                command = run.next_command()
-                if command is None:  # the deadline won the race
-                    await self._decide(run, Status.EXPIRED)
+                letter = run.next_command()
+                if letter is None:  # the deadline won the race
+                    await self._settle(run, decide(run.verification, Deadline(), self._clock()))
                 else:
-                    await self._step(run, command)
+                    await self._step(run, *letter)
         except asyncio.CancelledError as exc:
             failure = exc
             raise
@@ -362,68 +386,62 @@ class Orchestrator:
         finally:
             self._reap(run, failure)
 
-    async def _step(self, run: Run, command: Command) -> None:
-        """Handle one command; while the store fails, try again for a while, then answer 503."""
+    async def _step(
+        self, run: Run, command: Command, reply: asyncio.Future[Verification] | None
+    ) -> None:
+        """Decide one command and carry it out.
+
+        While the store fails, it is tried again for a while, then answered 503 with nothing done.
+        """
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._write_retry_seconds
-        for delay in _delays():
+        for delay in delays(STORE_RETRY_DELAYS):
             try:
-                await self._handle(run, command)
+                decision = decide(run.verification, command, self._clock())
+                if reply is None:
+                    await self._settle(run, decision)
+                    return
+                outcome = await self._apply(run, decision)
             except StoreUnavailable as exc:
                 if loop.time() + delay > give_up_at:
-                    _refuse(command, exc)
+                    _refuse(reply, exc)
                     return
                 await asyncio.sleep(delay)
                 continue
             except asyncio.CancelledError:
-                _refuse(command, asyncio.CancelledError())
+                _refuse(reply, asyncio.CancelledError())
                 raise
             except Exception as exc:
                 # A bug must not take the verification with it: this command fails, it lives on.
                 log.exception("command failed", extra={"verification_id": run.verification.id})
-                _refuse(command, Unavailable(f"The command could not be handled: {exc!r}."))
+                _refuse(reply, Unavailable(f"The command could not be handled: {exc!r}."))
                 return
-            self._answer(command, run)
+            _answer(reply, run.verification, command, outcome)
             return
 
-    async def _handle(self, run: Run, command: Command) -> None:
+    async def _apply(self, run: Run, decision: Decision) -> Answer | KeyHolder:
+        """Carry out `decision`: what its caller is answered, or the holder of a resend's key."""
         v = run.verification
-        kind = command.kind
-        if kind == "resend":
-            if command.key is not None:
-                command.holder = await self._store.remember_key(
-                    command.key, v.id, command.digest, self._clock()
-                )
-                if command.holder is not None:
-                    return  # a replay: nothing is sent
-            self._send(run, first=False, charged=True)
-        elif kind == "sent":
-            await self._checkpoint_sms(run, command.code)
-        elif kind == "send_failed":
-            await self._decide(run, Status.FAILED, reason=command.code)
-        elif kind == "cancel":
-            command.decided = await self._finish(run, Status.CANCELED, at=self._clock())
-        elif command.received_at >= v.expires_at:
-            await self._finish(run, Status.EXPIRED, at=v.expires_at)
-        elif self._codes.matches(v.salt, command.code):
-            command.decided = await self._finish(
-                run, Status.APPROVED, attempts=v.attempts + 1, at=command.received_at
-            )
-        elif v.attempts_left <= 1:
-            command.decided = await self._finish(
-                run,
-                Status.MAX_ATTEMPTS_REACHED,
-                attempts=v.attempts + 1,
-                attempts_left=0,
-                at=command.received_at,
-            )
-        else:
-            spent = replace(v, attempts=v.attempts + 1, attempts_left=v.attempts_left - 1)
-            if await self._store.attempted(v, spent):
-                run.verification = spent
-            else:
-                await self._reload(run)
-                command.decided = not run.verification.pending
+        match decision:
+            case Finish(final, answer):
+                if await self._finish(run, final):
+                    return answer
+                # The row changed under us: this command decided nothing; answer as the disk says.
+                return Answer.VERIFICATION if run.verification.pending else Answer.NOT_PENDING
+            case Spend(spent):
+                if await self._store.attempted(v, spent):
+                    run.verification = spent
+                else:
+                    await self._reload(run)
+            case SendAgain(key, digest):
+                if key is not None:
+                    holder = await self._store.remember_key(key, v.id, digest, self._clock())
+                    if holder is not None:
+                        return holder  # a replay: nothing is sent
+                self._send(run, first=False, charged=True)
+            case Checkpoint(sent):
+                await self._checkpoint_sms(run, sent)
+        return decision.answer
 
     # -- the SMS activity -------------------------------------------------------------------------
 
@@ -449,21 +467,20 @@ class Orchestrator:
             )
             # Out of time, the deadline decides: the verification expired, whatever the SMS did.
             if first and self._clock() < v.expires_at:
-                run.deliver(Command("send_failed", None, code=exc.reason))
+                run.deliver(SendFailed(exc.reason))
             return
         except Exception as exc:
             # An unexpected error of the sender is a failure of this send, not of the task.
             log.exception("sms sender failed", extra={"verification_id": v.id})
             if first:
-                run.deliver(Command("send_failed", None, code=f"sms sender error: {exc!r}"[:200]))
+                run.deliver(SendFailed(f"sms sender error: {exc!r}"[:200]))
             return
         finally:
             if run.sending is asyncio.current_task():
                 run.sending = None
-        run.deliver(Command("sent", None, code=sms_id))
+        run.deliver(Sent(sms_id))
 
-    async def _checkpoint_sms(self, run: Run, sms_id: str) -> None:
-        sent = replace(run.verification, sms_id=sms_id, sms_sent_at=self._clock())
+    async def _checkpoint_sms(self, run: Run, sent: Verification) -> None:
         try:
             applied = await self._store.sms_sent(sent)
         except StoreUnavailable:
@@ -477,54 +494,40 @@ class Orchestrator:
 
     # -- decisions --------------------------------------------------------------------------------
 
-    async def _decide(self, run: Run, status: Status, *, reason: str | None = None) -> None:
-        """A decision of the deadline or the SMS: tried again until the database takes it.
+    async def _settle(self, run: Run, decision: Decision) -> None:
+        """Carry out a decision of the deadline or the SMS; a final status, until it holds.
 
-        Meanwhile, the commands that arrive are answered 503: they cannot be decided either.
+        No one is waiting to be answered 503, so a final status is tried again until the database
+        takes it. Meanwhile, the commands that arrive are answered 503: they cannot be decided
+        either.
         """
-        at = run.verification.expires_at if status is Status.EXPIRED else self._clock()
-        for delay in _delays():
+        if not isinstance(decision, Finish):
+            await self._apply(run, decision)
+            return
+        for delay in delays(STORE_RETRY_DELAYS):
             try:
-                await self._finish(run, status, reason=reason, at=at)
+                await self._finish(run, decision.final)
                 return
             except StoreUnavailable as exc:
                 log.warning(
                     "could not record %s; trying again in %gs",
-                    status.value,
+                    decision.final.status.value,
                     delay,
                     extra={"verification_id": run.verification.id},
                 )
-                while (command := run.next_command()) is not None:
-                    _refuse(command, exc)
+                while (letter := run.next_command()) is not None:
+                    _refuse(letter[1], exc)
                 await asyncio.sleep(delay)
 
-    async def _finish(
-        self,
-        run: Run,
-        status: Status,
-        *,
-        at: float,
-        reason: str | None = None,
-        attempts: int | None = None,
-        attempts_left: int | None = None,
-    ) -> bool:
+    async def _finish(self, run: Run, final: Verification) -> bool:
         """Commit a final status; False if the row was no longer pending (then it is reloaded)."""
-        v = run.verification
-        final = replace(
-            v,
-            status=status,
-            reason=reason,
-            completed_at=at,
-            attempts=v.attempts if attempts is None else attempts,
-            attempts_left=v.attempts_left if attempts_left is None else attempts_left,
-        )
         # The new state is only adopted once committed: memory never runs ahead of the disk.
-        if v.id not in await self._store.finish([final]):
+        if final.id not in await self._store.finish([decided(final)]):
             await self._reload(run)
             return False
         run.verification = final
-        log.info("verification %s", status.value, extra={"verification_id": v.id})
-        self.on_finished(final)
+        log.info("verification %s", final.status.value, extra={"verification_id": final.id})
+        self._observer.finished(final)
         return True
 
     async def _reload(self, run: Run) -> None:
@@ -543,11 +546,12 @@ class Orchestrator:
         if self._by_phone.get(key) is run:
             del self._by_phone[key]
         # Whatever was still queued learns the final state, or why it was not handled.
-        while (command := run.next_command()) is not None:
+        while (letter := run.next_command()) is not None:
+            command, reply = letter
             if v.pending:
-                _refuse(command, failure or asyncio.CancelledError())
+                _refuse(reply, failure or asyncio.CancelledError())
             else:
-                self._answer(command, run)
+                _answer(reply, v, command, Answer.NOT_PENDING)
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -565,7 +569,7 @@ class Orchestrator:
 
     async def _command(self, run: Run, command: Command) -> Verification:
         if self._runs.get(run.verification.id) is not run:  # reaped while the caller waited
-            if command.kind == "resend":
+            if isinstance(command, Resend):
                 raise _Gone()
             v = run.verification
             if v.pending:
@@ -577,20 +581,9 @@ class Orchestrator:
                 retry_after=1.0,
                 code="too_many_requests",
             )
-        assert command.reply is not None
-        run.deliver(command)
-        return await command.reply
-
-    def _answer(self, command: Command, run: Run) -> None:
-        if command.reply is None or command.reply.done():
-            return
-        v = run.verification
-        if command.kind == "resend" and not v.pending:
-            command.reply.set_exception(_Gone())
-        elif v.pending or command.decided or command.kind == "resend":
-            command.reply.set_result(v)
-        else:
-            command.reply.set_exception(NotPending(v))
+        reply: asyncio.Future[Verification] = asyncio.get_running_loop().create_future()
+        run.deliver(command, reply)
+        return await reply
 
     def _replayed(self, holder: KeyHolder, digest: bytes) -> Verification:
         if holder.request_hash != digest:
@@ -601,25 +594,32 @@ class Orchestrator:
         run = self._runs.get(holder.verification.id)
         return run.verification if run is not None else holder.verification
 
-    @staticmethod
-    def _reply() -> asyncio.Future[Verification]:
-        return asyncio.get_running_loop().create_future()
+
+def _answer(
+    reply: asyncio.Future[Verification] | None,
+    v: Verification,
+    command: Command,
+    outcome: Answer | KeyHolder,
+) -> None:
+    if reply is None or reply.done():
+        return
+    if isinstance(outcome, KeyHolder):
+        reply.set_exception(_Replayed(outcome))
+    elif outcome is Answer.VERIFICATION:
+        reply.set_result(v)
+    elif isinstance(command, Resend):
+        reply.set_exception(_Gone())
+    else:
+        reply.set_exception(NotPending(v))
 
 
-def _delays() -> Iterator[float]:
-    """The store's retry delays, the last repeating for ever."""
-    yield from STORE_RETRY_DELAYS
-    while True:
-        yield STORE_RETRY_DELAYS[-1]
-
-
-def _refuse(command: Command, exc: BaseException) -> None:
-    if command.reply is None or command.reply.done():
+def _refuse(reply: asyncio.Future[Verification] | None, exc: BaseException) -> None:
+    if reply is None or reply.done():
         return
     if isinstance(exc, asyncio.CancelledError):
         # Cut short mid-write, the change may yet be on disk: asking again shows which.
-        command.reply.set_exception(
+        reply.set_exception(
             Unavailable("The service is stopping; ask again shortly: the request may have applied.")
         )
     else:
-        command.reply.set_exception(exc)
+        reply.set_exception(exc)

@@ -2,7 +2,7 @@
 
 Like DBOS's recovery, it is safe to run twice: arming a verification that is already armed does
 nothing, and one that expired while the service was down is finished once, in one transaction
-with the others.
+with the others, by the orchestrator (`Orchestrator.expire`), as its deadline would have.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import gc
 import logging
 from dataclasses import dataclass, replace
 
-from service.models import Status, Verification
-from service.orchestrator.orchestrator import Clock, Orchestrator
-from service.store.sqlite.store import Store
+from service.models import Clock, Verification
+from service.orchestrator.orchestrator import Orchestrator
+from service.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,8 @@ async def recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: f
 async def _recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: float) -> Recovered:
     now = clock()
     pending = await store.pending()
-    overdue = [
-        replace(v, status=Status.EXPIRED, completed_at=v.expires_at)
-        for v in pending
-        if v.expires_at <= now
-    ]
-    if overdue:
-        applied = await store.finish(overdue)
-        for v in overdue:
-            if v.id in applied:
-                orchestrator.on_finished(v)
+    overdue = [v for v in pending if v.expires_at <= now]
+    await orchestrator.expire(overdue)
     live = _capped([v for v in pending if v.expires_at > now], now + ttl)
     if live.shortened:
         await store.shorten(live.shortened)

@@ -13,22 +13,20 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
 
 from service.codes import CodeBook
 from service.config import SmsSettings
 from service.errors import ConfigError, SmsError, SmsRejected, SmsUnavailable
 from service.limits import Limits
-from service.models import Verification
+from service.models import Clock, Verification
+from service.observers import IGNORED, Observer
 from service.sms.base import SmsSender
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
-
 
 class Challenges:
-    """Sends challenges through `sender`; `on_sent` and `on_failed` are told of each (metrics)."""
+    """Sends challenges through `sender`; `observer` is told of each sent and failed (metrics)."""
 
     def __init__(
         self,
@@ -37,6 +35,7 @@ class Challenges:
         limits: Limits,
         settings: SmsSettings,
         clock: Clock = time.time,
+        observer: Observer = IGNORED,
     ) -> None:
         check_template(settings.template)
         if settings.max_concurrent_sends < 1:
@@ -48,8 +47,7 @@ class Challenges:
         self._delays = settings.retry_delays
         self._clock = clock
         self._in_flight = asyncio.Semaphore(settings.max_concurrent_sends)
-        self.on_sent: Callable[[], None] = lambda: None
-        self.on_failed: Callable[[], None] = lambda: None
+        self._observer = observer
 
     async def send(self, v: Verification, *, charged: bool) -> str:
         """Send `v`'s code and return the provider's message id, or raise `SmsError`.
@@ -87,14 +85,14 @@ class Challenges:
                 raise SmsRejected("the verification expired before its SMS could be sent")
             body = self._template.format(code=self._codes.code(v.salt), expires_in=duration(left))
             sms_id = await self._sender.send(v.phone, body)
-        self.on_sent()
+        self._observer.sms_sent()
         return sms_id
 
     def _left(self, v: Verification) -> float:
         return max(0.0, v.expires_at - self._clock())
 
     def _failed(self, exc: SmsError) -> SmsError:
-        self.on_failed()
+        self._observer.sms_failed()
         return exc
 
 

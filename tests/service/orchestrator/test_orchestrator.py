@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from typing import Any
 
 from tests.support.api import AUTH, MakeClient, MakeSettings, start, submit, wrong
+from tests.support.database import database
 from tests.support.twilio import TwilioServer
 
 PHONE = "+14155550100"
 
 
 def outbox(db_path: str) -> list[tuple[str, str]]:
-    with sqlite3.connect(db_path) as db:
+    with database(db_path) as db:
         return db.execute("SELECT verification_id, status FROM outbox ORDER BY seq").fetchall()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -14,6 +13,7 @@ import aiohttp
 import pytest
 
 from tests.support.api import API_KEY, AUTH, MakeClient, MakeSettings, start, submit
+from tests.support.database import database
 from tests.support.process import ServiceProcess, request
 from tests.support.twilio import TwilioServer
 
@@ -45,7 +45,7 @@ async def test_unconfirmed_sms_is_sent_again_with_the_same_code(
     code = (await twilio.wait_for_message(PHONE)).code
     await first.close()
     # As if the process died after Twilio took the message but before the send was checkpointed.
-    with sqlite3.connect(settings.database.path) as db:
+    with database(settings.database.path) as db:
         db.execute("UPDATE verifications SET sms_sent_at = NULL, sms_id = NULL")
 
     second = await make_client(settings)
@@ -75,6 +75,7 @@ async def service(tmp_path: Path, twilio: TwilioServer) -> AsyncIterator[Service
         await process.kill()
 
 
+@pytest.mark.slow
 async def test_sigkill_loses_nothing(service: ServiceProcess, twilio: TwilioServer) -> None:
     await service.start()
     async with aiohttp.ClientSession(headers=AUTH) as http:
@@ -119,6 +120,7 @@ async def test_sigkill_loses_nothing(service: ServiceProcess, twilio: TwilioServ
         assert await service.stop() == 0
 
 
+@pytest.mark.slow
 async def test_sigkill_before_sms_confirmed_resends_the_same_code(
     service: ServiceProcess, twilio: TwilioServer
 ) -> None:
@@ -155,7 +157,7 @@ async def test_a_clock_set_back_does_not_stretch_a_codes_life(
     await twilio.wait_for_message(PHONE)
     await first.close()
     # As if the wall clock was an hour ahead when it started, and has since been set right.
-    with sqlite3.connect(settings.database.path) as db:
+    with database(settings.database.path) as db:
         db.execute("UPDATE verifications SET expires_at = expires_at + 3600")
 
     second = await make_client(settings)
@@ -163,7 +165,7 @@ async def test_a_clock_set_back_does_not_stretch_a_codes_life(
     body = await r.json()
 
     assert _seconds(body["expires_at"]) <= time.time() + 30.0, body
-    with sqlite3.connect(settings.database.path) as db:
+    with database(settings.database.path) as db:
         (expires_at,) = db.execute("SELECT expires_at FROM verifications").fetchone()
     assert expires_at <= time.time() + 30.0  # on disk too: a second restart gives no more
 

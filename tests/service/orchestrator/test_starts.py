@@ -8,6 +8,7 @@ import sqlite3
 from typing import Any
 
 from tests.support.api import AUTH, MakeClient, MakeSettings
+from tests.support.database import database
 from tests.support.twilio import TwilioServer
 
 PHONE = "+14155550100"
@@ -32,7 +33,7 @@ async def test_concurrent_starts_for_one_number_make_one_verification(
 
     assert {status for status, _ in answers} == {202}
     assert len({body["id"] for _, body in answers}) == 1
-    with sqlite3.connect(settings.database.path) as db:
+    with database(settings.database.path) as db:
         (rows,) = db.execute("SELECT count(*) FROM verifications").fetchone()
     assert rows == 1
     messages = [await twilio.wait_for_message(PHONE) for _ in range(8)]

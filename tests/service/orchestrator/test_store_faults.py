@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tests.support.api import AUTH, MakeClient, MakeSettings, start, submit, wrong
+from tests.support.database import database
 from tests.support.twilio import TwilioServer
 
 PHONE = "+14155550100"
@@ -34,12 +35,12 @@ def write_locked(path: str) -> Iterator[None]:
 
 
 def outbox(path: str) -> list[tuple[str, str]]:
-    with sqlite3.connect(path) as db:
+    with database(path) as db:
         return db.execute("SELECT verification_id, status FROM outbox ORDER BY seq").fetchall()
 
 
 def row_status(path: str, verification_id: str) -> str:
-    with sqlite3.connect(path) as db:
+    with database(path) as db:
         (status,) = db.execute(
             "SELECT status FROM verifications WHERE id = ?", (verification_id,)
         ).fetchone()
@@ -161,7 +162,7 @@ async def test_a_row_changed_behind_the_services_back_is_never_acknowledged(
     client = await make_client(settings)
     view = await start(client, PHONE)
     code = (await twilio.wait_for_message(PHONE)).code or ""
-    with sqlite3.connect(settings.database.path) as db:
+    with database(settings.database.path) as db:
         db.execute("UPDATE verifications SET status = 'canceled' WHERE id = ?", (view["id"],))
 
     status, body = await submit(client, view["id"], code)
