@@ -1,0 +1,74 @@
+"""Durable state behind one interface (`base.Store`), the database chosen by `database.url`.
+
+`open_store` reads the URL's scheme and opens that backend, as dbos's `SystemDatabase.create()`
+picks its SQLite or PostgreSQL system database; the backend is imported only when chosen, so one
+never needs the other's driver. A new database is a package beside `sqlite/` and a branch here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from service.errors import ConfigError
+from service.models import Clock
+from service.store.base import Decided, KeyHolder, Outbox, Purged, Store
+
+if TYPE_CHECKING:
+    from service.config import DatabaseSettings
+
+__all__ = [
+    "Decided",
+    "KeyHolder",
+    "Outbox",
+    "Purged",
+    "Store",
+    "check_url",
+    "database_url",
+    "open_store",
+    "sqlite_path",
+]
+
+#: How the URL is written in what the errors say: SQLAlchemy's spelling.
+SQLITE_FORMS = "sqlite:///relative/path or sqlite:////absolute/path"
+
+
+async def open_store(settings: DatabaseSettings, clock: Clock) -> Store:
+    """Open the store `settings` name; raise ConfigError, naming the key, if it cannot be."""
+    path = sqlite_path(database_url(settings))
+    from service.store.sqlite.store import SqliteStore
+
+    return await SqliteStore.open(path, clock=clock, busy_timeout_ms=settings.busy_timeout_ms)
+
+
+def database_url(settings: DatabaseSettings) -> str:
+    """`database.url`, or, when it is empty, the SQLite file `database.path`."""
+    return settings.url or f"sqlite:///{settings.path}"
+
+
+def check_url(url: str) -> None:
+    """Refuse, with a ConfigError naming the key, a URL that no store here opens."""
+    sqlite_path(url)
+
+
+def sqlite_path(url: str) -> str:
+    """The file a `sqlite:///` URL names, or ConfigError for any other URL.
+
+    The URL is never repeated in the message: another database's would hold its password.
+    """
+    scheme, separator, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not separator:
+        raise ConfigError(f"Config 'database.url' must be a URL: {SQLITE_FORMS}.")
+    if scheme in ("postgres", "postgresql") or scheme.startswith("postgresql+"):
+        raise ConfigError(
+            f"Config 'database.url' names PostgreSQL, which is not supported yet: {SQLITE_FORMS}."
+        )
+    if scheme != "sqlite":
+        raise ConfigError(
+            f"Config 'database.url' has the scheme '{scheme}', which is not supported:"
+            f" {SQLITE_FORMS}."
+        )
+    # sqlite:/// then the path: a host (sqlite://host/...) or query (?mode=ro) is not ours.
+    if not rest.startswith("/") or rest == "/" or "?" in rest:
+        raise ConfigError(f"Config 'database.url' must name a file: {SQLITE_FORMS}.")
+    return rest[1:]

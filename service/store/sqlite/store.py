@@ -1,128 +1,28 @@
-"""The SQLite store: verifications, their transitions, and the outbox of outcomes.
+"""The SQLite store: verifications, their transitions, and the outbox of outcomes, in SQL.
 
-Writes go through one writer thread that commits whatever has queued up meanwhile in a single
-transaction (group commit): every caller is answered only after its write is on disk, yet a
-burst of transitions costs one fsync, and one trip to the thread, not one each. Reads use a
-second connection (aiosqlite), which WAL lets run beside the writer.
+Writes go through the group commit of `writer` (one transaction for whatever queued meanwhile,
+on the one writing connection); reads use a second connection (aiosqlite), which WAL lets run
+beside the writer. The schema and its migrations are in `schema`, the files on disk in `files`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from notifier.messages import OutboxRecord, outcome_body
 from service.errors import StoreUnavailable
-from service.models import Status, Verification, request_digest, rfc3339
+from service.models import Clock, Status, Verification
+from service.store.base import Decided, KeyHolder, OutboxRecord, Purged
 from service.store.sqlite.files import DatabaseLock, make_private
-from service.store.sqlite.writer import WriterThread
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class KeyHolder:
-    """The verification an idempotency key was first used for, and a digest of that request."""
-
-    verification: Verification
-    request_hash: bytes
-
+from service.store.sqlite.schema import open_writer
+from service.store.sqlite.writer import GroupCommit, Write, WriterThread
 
 T = TypeVar("T")
-#: A write runs on the writer thread, inside the batch's transaction.
-Write = Callable[[sqlite3.Connection], T]
-#: What a write came to: its result, or the exception that rolled it back.
-Outcome = tuple[bool, Any]
-
-
-def _move_idempotency_keys(db: sqlite3.Connection) -> None:
-    """Keys recorded on verifications before migration 2 move to their own table."""
-    rows = db.execute(
-        "SELECT idempotency_key, id, phone, reference, created_at FROM verifications"
-        " WHERE idempotency_key IS NOT NULL"
-    ).fetchall()
-    db.executemany(
-        "INSERT OR IGNORE INTO idempotency_keys (key, verification_id, request_hash, created_at)"
-        " VALUES (?,?,?,?)",
-        [(key, vid, request_digest(phone, ref), at) for key, vid, phone, ref, at in rows],
-    )
-    db.execute("UPDATE verifications SET idempotency_key = NULL")
-
-
-#: Ordered migrations, SQL scripts or functions; the database records how many it has applied.
-MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
-    """
-    CREATE TABLE verifications (
-        id TEXT PRIMARY KEY,
-        phone TEXT NOT NULL,
-        reference TEXT,
-        status TEXT NOT NULL,
-        salt BLOB NOT NULL,
-        attempts_left INTEGER NOT NULL,
-        attempts INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        completed_at REAL,
-        sms_sent_at REAL,
-        sms_id TEXT,
-        reason TEXT,
-        idempotency_key TEXT UNIQUE,
-        phone_redacted INTEGER NOT NULL DEFAULT 0
-    );
-    -- Recovery reads only pending rows; a partial index keeps that cheap with millions finished.
-    CREATE INDEX verifications_pending ON verifications (id) WHERE status = 'pending';
-    -- Retention walks finished rows by age; the second index forgets rows once masked.
-    CREATE INDEX verifications_finished ON verifications (completed_at) WHERE status != 'pending';
-    CREATE INDEX verifications_unredacted ON verifications (completed_at)
-        WHERE status != 'pending' AND phone_redacted = 0;
-    CREATE TABLE outbox (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        -- UNIQUE: a verification has exactly one outcome, whatever retries happen above.
-        verification_id TEXT NOT NULL UNIQUE REFERENCES verifications (id),
-        status TEXT NOT NULL,
-        body TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        sent_at REAL
-    );
-    CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;
-    CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
-    """,
-    """
-    -- Tenancy: a verification belongs to the API key (its fingerprint) that started it.
-    ALTER TABLE verifications ADD COLUMN owner TEXT NOT NULL DEFAULT '-';
-    -- Idempotency keys of every start, the ones that resent a pending verification included;
-    -- the request is kept as a digest of its phone and reference, never in the clear.
-    CREATE TABLE idempotency_keys (
-        key TEXT PRIMARY KEY,
-        verification_id TEXT NOT NULL,
-        request_hash BLOB NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
-    -- A record SQS refused is tried again later, with back-off, instead of blocking the others.
-    ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE outbox ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0;
-    ALTER TABLE outbox ADD COLUMN last_error TEXT;
-    CREATE INDEX outbox_due ON outbox (next_attempt_at, seq) WHERE sent_at IS NULL;
-    """,
-    _move_idempotency_keys,
-    """
-    -- Outcomes of verifications already masked lose the number too: the outbox keeps it no
-    -- longer than the verification does (retention masks both from now on).
-    UPDATE outbox SET body = json_set(body, '$.to',
-        (SELECT phone FROM verifications WHERE id = outbox.verification_id))
-    WHERE json_valid(body)
-      AND verification_id IN (SELECT id FROM verifications WHERE phone_redacted = 1);
-    """,
-)
 
 OUTBOX_COLUMNS = "seq, verification_id, status, body, attempts"
 #: Records never refused (next_attempt_at 0) in order, after those due again after a refusal.
@@ -183,54 +83,38 @@ REDACT_OUTCOMES = """
 #: What of a refusal's error the outbox keeps.
 MAX_ERROR_LENGTH = 500
 
-#: How many queued writes one transaction takes at most.
-MAX_BATCH = 512
 
+class SqliteStore:
+    """The `Store` on one SQLite file, for one process.
 
-@dataclass(frozen=True, slots=True)
-class Purged:
-    """What one chunk of retention did."""
+    Open with `await SqliteStore.open(path, clock=...)`; close with `await store.close()`.
+    """
 
-    #: Rows deleted, masked or dropped: the sweep comes back while this is not 0.
-    touched: int
-    #: Outcomes dropped undelivered, for being older than finished verifications are kept.
-    dropped: int
-
-
-class Store:
-    """Durable state. Open with `await Store.open(path)`; close with `await store.close()`."""
-
-    def __init__(
-        self, writer: sqlite3.Connection, thread: WriterThread, reader: aiosqlite.Connection
-    ) -> None:
-        self._writer = writer
-        self._thread = thread
+    def __init__(self, writes: GroupCommit, reader: aiosqlite.Connection, clock: Clock) -> None:
+        self._writes = writes
         self._reader = reader
+        self._clock = clock
         #: Held from open to close: no second process serves this database meanwhile.
         self._lock: DatabaseLock | None = None
-        self._queue: asyncio.Queue[tuple[Write[Any], asyncio.Future[Any]]] = asyncio.Queue()
         self._closed = False
         self._failing_since: float | None = None
-        self._task = asyncio.create_task(self._write_loop(), name="store-writer")
         #: Called after an outcome is committed to the outbox (the publisher's wake-up).
         self.on_outcome: Callable[[], None] = lambda: None
         #: Unsent outcomes, so /metrics needs no count over them: counted by the very first
         #: write, queued here before anyone else's, then changed by each write that changes it.
         self._unsent = 0
-        counted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        counted.add_done_callback(self._counted)
-        self._queue.put_nowait((_count_unsent, counted))
+        self._writes.submit(_count_unsent).add_done_callback(self._counted)
 
     @classmethod
     async def open(
-        cls, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000
-    ) -> Store:
+        cls, path: str, *, clock: Clock, synchronous: str = "FULL", busy_timeout_ms: int = 5000
+    ) -> SqliteStore:
         # Before SQLite opens the file: a second instance touches nothing, and SQLite makes the
         # -wal and -shm files with the mode of a database file that is already private.
         lock = DatabaseLock.acquire(path)
         try:
             make_private(path)
-            store = await cls._connect(path, synchronous, busy_timeout_ms)
+            store = await cls._connect(path, clock, synchronous, busy_timeout_ms)
         except BaseException:
             lock.release()
             raise
@@ -238,11 +122,13 @@ class Store:
         return store
 
     @classmethod
-    async def _connect(cls, path: str, synchronous: str, busy_timeout_ms: int) -> Store:
+    async def _connect(
+        cls, path: str, clock: Clock, synchronous: str, busy_timeout_ms: int
+    ) -> SqliteStore:
         # One thread owns the writing connection for its whole life: sqlite3 objects stay on it.
         thread = WriterThread("store-writer")
         try:
-            writer = await thread.call(_open_writer, path, synchronous, busy_timeout_ms)
+            writer = await thread.call(open_writer, path, synchronous, busy_timeout_ms)
         except BaseException:
             thread.stop()
             raise
@@ -254,18 +140,14 @@ class Store:
             await thread.call(writer.close)
             thread.stop()
             raise
-        return cls(writer, thread, reader)
+        return cls(GroupCommit(writer, thread), reader, clock)
 
     async def close(self) -> None:
         """Commit what is queued, then close both connections; later writes are refused."""
         self._closed = True
-        await self._queue.join()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await self._writes.drain()
         await self._reader.close()
-        await self._thread.call(self._writer.close)
-        self._thread.stop()
+        await self._writes.close()
         if self._lock is not None:
             self._lock.release()
 
@@ -351,17 +233,18 @@ class Store:
 
         await self._write(write)
 
-    async def finish(self, finished: Sequence[Verification]) -> set[str]:
+    async def finish(self, decided: Sequence[Decided]) -> set[str]:
         """Write final states and their outbox records in one transaction.
 
         Only verifications still pending on disk change; the ids of those that did are returned,
         and only they get an outcome: a verification is decided once, whatever retries happen.
         """
+        now = self._clock()
 
         def write(db: sqlite3.Connection) -> set[str]:
             applied = set()
-            now = time.time()
-            for v in finished:
+            for d in decided:
+                v = d.verification
                 cursor = db.execute(
                     "UPDATE verifications SET status = ?, attempts_left = ?, attempts = ?,"
                     " completed_at = ?, reason = ? WHERE id = ? AND status = 'pending'",
@@ -373,7 +256,7 @@ class Store:
                 db.execute(
                     "INSERT INTO outbox (verification_id, status, body, created_at)"
                     " VALUES (?,?,?,?) ON CONFLICT (verification_id) DO NOTHING",
-                    (v.id, v.status.value, _outcome(v), now),
+                    (v.id, v.status.value, d.outcome, now),
                 )
             return applied
 
@@ -383,7 +266,7 @@ class Store:
             self.on_outcome()
         return applied
 
-    # -- the outbox (service.push.sqs.Outbox) -----------------------------------------------------
+    # -- the outbox -------------------------------------------------------------------------------
 
     async def due(self, limit: int, now: float) -> list[OutboxRecord]:
         """Unsent records due by `now`: those tried again after a refusal first, then the others,
@@ -394,7 +277,7 @@ class Store:
         return [OutboxRecord(*row) for row in rows[:limit]]
 
     async def mark_sent(self, seqs: Sequence[int]) -> None:
-        now = time.time()
+        now = self._clock()
 
         def write(db: sqlite3.Connection) -> int:
             cursor = db.executemany(
@@ -457,7 +340,7 @@ class Store:
         self._unsent -= purged.dropped
         return purged
 
-    # -- the writer -------------------------------------------------------------------------------
+    # -- health, and the writer -------------------------------------------------------------------
 
     @property
     def healthy(self) -> bool:
@@ -486,8 +369,7 @@ class Store:
     async def _write(self, write: Write[T]) -> T:
         if self._closed:
             raise StoreUnavailable("The database is closed: the service is stopping.")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((write, future))
+        future = self._writes.submit(write)
         try:
             # Shielded: a caller that gives up must not stop the write, which may be committed.
             result = await asyncio.shield(future)
@@ -495,115 +377,17 @@ class Store:
             if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
                 raise  # a bug, not the database's state: no retry would help
             if self._failing_since is None:
-                self._failing_since = time.monotonic()
+                self._failing_since = self._clock()
             raise _unavailable(exc) from exc
         self._failing_since = None
         return result
-
-    async def _write_loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                outcomes = await self._thread.call(
-                    _commit_batch, self._writer, [write for write, _ in batch]
-                )
-                _settle(batch, outcomes)
-            except BaseException:
-                # Cancelled or the thread is gone: nobody may wait forever for an answer.
-                for _, future in batch:
-                    future.cancel()
-                raise
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-
-
-def _settle(batch: list[tuple[Write[Any], asyncio.Future[Any]]], outcomes: list[Outcome]) -> None:
-    for (_, future), (ok, result) in zip(batch, outcomes, strict=True):
-        if future.done():
-            continue
-        if ok:
-            future.set_result(result)
-        else:
-            log.error("write failed and was rolled back", exc_info=result)
-            future.set_exception(result)
 
 
 # -- on the writer thread -------------------------------------------------------------------------
 
 
-def _commit_batch(db: sqlite3.Connection, writes: list[Write[Any]]) -> list[Outcome]:
-    """Commit the writes in one transaction; if that fails, each in its own."""
-    try:
-        return [(True, result) for result in _transaction(db, writes)]
-    except Exception:
-        # One bad write must not sink the others that shared its transaction.
-        return [_commit_alone(db, write) for write in writes]
-
-
-def _commit_alone(db: sqlite3.Connection, write: Write[Any]) -> Outcome:
-    try:
-        return True, _transaction(db, [write])[0]
-    except Exception as exc:
-        return False, exc
-
-
-def _transaction(db: sqlite3.Connection, writes: list[Write[Any]]) -> list[Any]:
-    # IMMEDIATE takes the write lock up front, so the transaction never fails half-way on it.
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        results = [write(db) for write in writes]
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    return results
-
-
 def _count_unsent(db: sqlite3.Connection) -> int:
     return int(db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0])
-
-
-def _open_writer(path: str, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
-    # isolation_level=None: transactions are begun explicitly, as IMMEDIATE, by the writer.
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    # WAL: readers never block the writer, and a commit is one append to the log.
-    db.execute("PRAGMA journal_mode = WAL")
-    # FULL syncs the log on every commit, so an acknowledged transition survives power loss too.
-    db.execute(f"PRAGMA synchronous = {synchronous}")
-    # Another process holding the lock (a backup, a person with the sqlite3 shell) is waited for
-    # this long; past it the write fails, and the caller is told 503, with nothing changed.
-    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    db.execute("PRAGMA foreign_keys = ON")
-    _migrate(db)
-    return db
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    rows = db.execute("SELECT version FROM schema_version").fetchall()
-    version = rows[0][0] if rows else 0
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-
-        def migrate(db: sqlite3.Connection, script: Any = script, number: int = number) -> None:
-            if callable(script):
-                script(db)
-            else:
-                for statement in _statements(script):
-                    db.execute(statement)
-            db.execute("DELETE FROM schema_version")
-            db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
-
-        _transaction(db, [migrate])
-        log.info("database migrated to version %d", number)
-
-
-def _statements(script: str) -> list[str]:
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
 def _claim_key(
@@ -646,17 +430,3 @@ def _row(v: Verification) -> tuple[Any, ...]:
 def _verification(row: Any) -> Verification:
     # Columns are in field order; only the status needs turning back into its enum.
     return Verification(*row[:3], Status(row[3]), *row[4:])  # type: ignore[call-arg]
-
-
-def _outcome(v: Verification) -> str:
-    assert v.completed_at is not None
-    return outcome_body(
-        id=v.id,
-        status=v.status.value,
-        to=v.phone,
-        reference=v.reference,
-        attempts=v.attempts,
-        created_at=rfc3339(v.created_at),
-        completed_at=rfc3339(v.completed_at),
-        reason=v.reason,
-    )

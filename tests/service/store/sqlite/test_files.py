@@ -14,8 +14,11 @@ import pytest
 
 from service.codes import CodeBook
 from tests.support.api import API_KEY, AUTH
+from tests.support.database import database
 from tests.support.process import ServiceProcess, request, run_to_exit
 from tests.support.twilio import TwilioServer
+
+pytestmark = pytest.mark.slow  # each test runs the service as a process
 
 PHONE = "+14155550100"
 
@@ -150,7 +153,7 @@ async def test_processes_starting_together_share_one_secret(
     for n, service in enumerate(processes):
         verification_id = await start_verification(service)
         sent = await twilio.wait_for_message(PHONE)
-        with sqlite3.connect(tmp_path / f"db{n}.db") as db:
+        with database(tmp_path / f"db{n}.db") as db:
             (salt,) = db.execute(
                 "SELECT salt FROM verifications WHERE id = ?", (verification_id,)
             ).fetchone()

@@ -1,0 +1,166 @@
+"""The store's interface: what the domain asks of durable state, and nothing else.
+
+The orchestrator, recovery, retention, the metrics, the health check and the publisher see these
+protocols, never SQL. Each database implements them in a package of its own (`sqlite/`), and
+`service.store.open_store` picks one by `database.url`, as dbos's `SystemDatabase.create()` picks
+its system database. Every transition is conditional on the row being as its caller last saw it
+(pending, mostly) and reports whether it applied, so a verification is decided exactly once,
+however many retries, tasks or replicas try.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.models import Verification
+
+#: Unix seconds now; the store reads the time only through the one it is given.
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolder:
+    """The verification an idempotency key was first used for, and a digest of that request."""
+
+    verification: Verification
+    request_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A final state to commit, and the outcome event that goes into the outbox with it."""
+
+    verification: Verification
+    #: The event's body, computed above the store (`service.outcomes.outcome_of`).
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What one chunk of retention did."""
+
+    #: Rows deleted, masked or dropped: the sweep comes back while this is not 0.
+    touched: int
+    #: Outcomes dropped undelivered, for being older than finished verifications are kept.
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """An outcome waiting in the outbox; `body` is the message body, ready to send."""
+
+    seq: int
+    verification_id: str
+    status: str
+    body: str
+    #: Times the queue refused it so far; the publisher's back-off grows with it.
+    attempts: int = 0
+
+
+class Outbox(Protocol):
+    """The outbox of outcomes, as the publisher drains it; a store implements it."""
+
+    async def due(self, limit: int, now: float) -> list[OutboxRecord]:
+        """At most `limit` unsent records whose next attempt is at or before `now`, oldest first.
+
+        Records deferred to later are not read, so a read costs the same however many there are.
+        """
+        ...
+
+    async def mark_sent(self, seqs: Sequence[int]) -> None: ...
+
+    async def defer(self, seq: int, until: float, error: str) -> None:
+        """Record a refusal: one attempt more, its error, and no new attempt before `until`."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """When the earliest unsent record is due (epoch seconds); None when all are sent."""
+        ...
+
+
+class Store(Outbox, Protocol):
+    """Durable state: verifications, their transitions, idempotency keys, and the outbox."""
+
+    #: Called after outcomes are committed to the outbox (the publisher's wake-up).
+    on_outcome: Callable[[], None]
+
+    async def close(self) -> None:
+        """Commit what is queued, then let go of the database; later writes are refused."""
+        ...
+
+    # -- verifications ----------------------------------------------------------------------------
+
+    async def insert(
+        self, v: Verification, key: str | None = None, digest: bytes = b""
+    ) -> KeyHolder | None:
+        """Record a new verification and its idempotency key, if any, in one transaction.
+
+        If the key is already taken, nothing is written and its holder is returned instead.
+        """
+        ...
+
+    async def remember_key(
+        self, key: str, verification_id: str, digest: bytes, at: float
+    ) -> KeyHolder | None:
+        """Record that `key` was answered with an existing verification (a resend).
+
+        If the key is already taken, its holder is returned and nothing is written.
+        """
+        ...
+
+    async def get(self, verification_id: str) -> Verification | None: ...
+
+    async def by_idempotency_key(self, key: str) -> KeyHolder | None:
+        """The holder of `key`; None if it is unused, or its verification is gone."""
+        ...
+
+    async def pending(self) -> list[Verification]:
+        """Every pending verification, for recovery."""
+        ...
+
+    async def sms_sent(self, v: Verification) -> bool:
+        """Checkpoint the SMS; False if the verification is no longer pending."""
+        ...
+
+    async def attempted(self, before: Verification, after: Verification) -> bool:
+        """Checkpoint a wrong code; False, with nothing written, unless the row is still pending
+        with the attempts of `before`: a change made meanwhile is never overwritten.
+        """
+        ...
+
+    async def shorten(self, verifications: Sequence[Verification]) -> None:
+        """Bring pending deadlines forward (never back) to those of `verifications`."""
+        ...
+
+    async def finish(self, decided: Sequence[Decided]) -> set[str]:
+        """Commit final states and their outcomes; the ids of those that applied.
+
+        Only verifications still pending change, and only they get an outcome: a verification
+        is decided once, whatever retries happen.
+        """
+        ...
+
+    # -- the outbox's gauges, retention, health ---------------------------------------------------
+
+    async def outbox_depth(self) -> tuple[int, float | None]:
+        """Unsent outcomes and the creation time of the oldest of them, without scanning them."""
+        ...
+
+    async def purge(
+        self, *, finished_before: float, redact_before: float, sent_before: float
+    ) -> Purged:
+        """One chunk of retention: mask old phone numbers (in the outbox too), delete delivered
+        outcomes, drop undelivered ones older than `finished_before`, then delete finished
+        verifications without an outcome left, and old idempotency keys.
+        """
+        ...
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed write until the next one that succeeds."""
+        ...
+
+    async def probe(self) -> bool:
+        """Try a write that changes nothing; True if the database takes writes."""
+        ...

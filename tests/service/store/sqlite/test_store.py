@@ -1,0 +1,119 @@
+"""The SQLite store through the `Store` interface: conditional writes, its clock, the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from service.models import Status, Verification
+from service.outcomes import decided, outcome_of
+from service.store import Decided, Store
+from service.store.sqlite.store import SqliteStore
+from tests.support.database import database
+
+
+class Clock:
+    """A clock the test sets."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(1_000.0)
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
+    opened: Store = await SqliteStore.open(str(tmp_path / "v.db"), clock=clock)
+    yield opened
+    await opened.close()
+
+
+def verification(id: str = "VEaaaa") -> Verification:
+    return Verification(
+        id=id,
+        phone="+14155550100",
+        reference="order-1",
+        status=Status.PENDING,
+        salt=b"salt",
+        attempts_left=3,
+        attempts=0,
+        created_at=900.0,
+        expires_at=990.0,
+    )
+
+
+def outbox(tmp_path: Path) -> list[tuple[str, str, str, float, float | None]]:
+    with database(tmp_path / "v.db") as db:
+        return db.execute(
+            "SELECT verification_id, status, body, created_at, sent_at FROM outbox ORDER BY seq"
+        ).fetchall()
+
+
+async def test_finish_writes_the_outcome_it_is_given_once_at_the_store_s_clock(
+    store: Store, clock: Clock, tmp_path: Path
+) -> None:
+    v = verification()
+    await store.insert(v)
+    final = replace(v, status=Status.APPROVED, attempts=1, completed_at=950.0)
+    woken = []
+    store.on_outcome = lambda: woken.append(True)
+
+    assert await store.finish([Decided(final, "the body, as given")]) == {v.id}
+    clock.now = 2_000.0
+    again = replace(v, status=Status.CANCELED, completed_at=960.0)
+    assert await store.finish([decided(again)]) == set()
+
+    assert outbox(tmp_path) == [(v.id, "approved", "the body, as given", 1_000.0, None)]
+    assert await store.get(v.id) == final
+    assert woken == [True]
+    assert await store.outbox_depth() == (1, 1_000.0)
+
+
+async def test_finish_applies_only_to_those_still_pending(store: Store, tmp_path: Path) -> None:
+    done, live = verification("VEdone"), verification("VElive")
+    await store.insert(done)
+    await store.insert(live)
+    await store.finish([decided(replace(done, status=Status.CANCELED, completed_at=950.0))])
+
+    expired = [replace(v, status=Status.EXPIRED, completed_at=990.0) for v in (done, live)]
+    assert await store.finish([decided(v) for v in expired]) == {live.id}
+    assert [row[:2] for row in outbox(tmp_path)] == [(done.id, "canceled"), (live.id, "expired")]
+    assert outbox(tmp_path)[1][2] == outcome_of(expired[1])
+
+
+async def test_checkpoints_report_whether_they_applied(store: Store) -> None:
+    v = verification()
+    await store.insert(v)
+    spent = replace(v, attempts=1, attempts_left=2)
+
+    assert await store.attempted(v, spent)
+    assert not await store.attempted(v, spent)  # the row no longer has `v`'s attempts
+    assert await store.sms_sent(replace(spent, sms_sent_at=901.0, sms_id="SM1"))
+    await store.finish([decided(replace(spent, status=Status.CANCELED, completed_at=950.0))])
+    assert not await store.sms_sent(replace(spent, sms_sent_at=902.0, sms_id="SM2"))
+    assert not await store.attempted(spent, replace(spent, attempts=2, attempts_left=1))
+
+
+async def test_mark_sent_stamps_the_store_s_clock(
+    store: Store, clock: Clock, tmp_path: Path
+) -> None:
+    v = verification()
+    await store.insert(v)
+    await store.finish([decided(replace(v, status=Status.EXPIRED, completed_at=990.0))])
+    (record,) = await store.due(10, now=clock.now)
+    clock.now = 1_234.5
+
+    await store.mark_sent([record.seq])
+
+    assert outbox(tmp_path)[0][4] == 1_234.5
+    assert await store.outbox_depth() == (0, None)
+    assert await store.next_due() is None
