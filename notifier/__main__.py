@@ -1,8 +1,9 @@
 """`python -m notifier`: print each outcome on the queue as a JSON line, acknowledging it.
 
-The queue comes from the `[queue]` section of the service's config and its environment
-variables; the options override them. With `queue.signing_key` set (VERIFY_QUEUE_SIGNING_KEY),
-messages whose signature is missing or wrong are not printed: they are left for the DLQ.
+The queue comes from the `[queue]` table of the service's config and its environment variables
+(the rest of that file is the service's, and not read); the options override them. With
+`queue.signing_key` set (VERIFY_QUEUE_SIGNING_KEY), messages whose signature is missing or wrong
+are not printed: they are left for the DLQ.
 Stops on SIGINT or SIGTERM once the outcome in hand is out.
 """
 
@@ -21,9 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 
 from notifier.consumer import Consumer, Outcome
 from notifier.queues import QueueError, resolve_queue_url, sqs_client
-from notifier.settings import QueueSettings
-from service.config import load_settings
-from service.errors import ConfigError
+from notifier.settings import ConfigError, QueueSettings, load_queue_settings
 
 DEFAULT_CONFIG = Path("config.toml")
 
@@ -45,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def queue_settings(args: argparse.Namespace) -> QueueSettings:
     path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    settings = load_settings(path).queue
+    settings = load_queue_settings(path)
     overrides = {
         "url": args.queue_url,
         "endpoint_url": args.endpoint_url,

@@ -13,89 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-from notifier.messages import EVENT, SIGNATURE_ATTRIBUTE, signature_valid
+from notifier.events import BadSignature, MalformedMessage, Message, Outcome
 from notifier.queues import NOT_FOUND_CODES, QueueNotFound, SqsClient, error_code, is_transient
+
+# The consumer's API: what a handler receives, and what a message it never sees failed with.
+__all__ = ["BadSignature", "Consumer", "Handler", "MalformedMessage", "Outcome", "outcomes"]
 
 log = logging.getLogger(__name__)
 
-Message = dict[str, Any]
-Handler = Callable[["Outcome"], Awaitable[None]]
+Handler = Callable[[Outcome], Awaitable[None]]
 
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0)
-
-
-class MalformedMessage(Exception):
-    """The body is not an outcome event; no handler can succeed, so it is left for the DLQ."""
-
-
-class BadSignature(MalformedMessage):
-    """The signature is missing or wrong: the service did not send this, or not this body."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A verification's outcome; `raw` is the whole event, as `notifier.messages` encodes it."""
-
-    id: str
-    status: str
-    to: str | None
-    reference: str | None
-    reason: str | None
-    attempts: int | None
-    created_at: str | None
-    completed_at: str | None
-    raw: dict[str, Any]
-    message_id: str
-    #: 1 on first delivery; more means an earlier handling failed or was not acknowledged.
-    receive_count: int
-
-    @classmethod
-    def from_message(cls, message: Message, signing_key: str = "") -> Outcome:
-        """Parse an SQS message; with a key, only once its signature proves the service sent it."""
-        if signing_key:
-            _check_signature(message, signing_key)
-        try:
-            event = json.loads(message["Body"])
-        except ValueError:
-            raise MalformedMessage(f"Message {message['MessageId']} is not JSON.") from None
-        if not isinstance(event, dict) or not all(
-            isinstance(event.get(key), str) for key in ("id", "status")
-        ):
-            raise MalformedMessage(f"Message {message['MessageId']} has no outcome id and status.")
-        if event.get("event") != EVENT:
-            raise MalformedMessage(
-                f"Message {message['MessageId']} is not a {EVENT} event: {event.get('event')!r}."
-            )
-        return cls(
-            id=event["id"],
-            status=event["status"],
-            to=event.get("to"),
-            reference=event.get("reference"),
-            reason=event.get("reason"),
-            attempts=event.get("attempts"),
-            created_at=event.get("created_at"),
-            completed_at=event.get("completed_at"),
-            raw=event,
-            message_id=message["MessageId"],
-            receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
-        )
-
-
-def _check_signature(message: Message, key: str) -> None:
-    attribute = message.get("MessageAttributes", {}).get(SIGNATURE_ATTRIBUTE, {})
-    signature = attribute.get("StringValue")
-    if signature is None:
-        raise BadSignature(f"Message {message['MessageId']} is not signed.")
-    if not signature_valid(key, message["Body"], signature):
-        raise BadSignature(f"Message {message['MessageId']} has a wrong signature.")
 
 
 class Receiver:

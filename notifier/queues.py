@@ -46,7 +46,8 @@ TRANSIENT_CODES = frozenset(
         "SlowDown",
     }
 )
-#: Refused, reset or timed-out connections, wherever in the client stack they surface.
+#: Refused, reset or timed-out connections, wherever in the client stack they surface: aiohttp
+#: is aiobotocore's transport, and its errors while a response body is read come through as is.
 NETWORK_ERRORS = (
     boto.ConnectionError,
     boto.HTTPClientError,

@@ -1,8 +1,35 @@
-"""Where the outcome queue is and how to reach it; shared by the publisher and the consumers."""
+"""Where the outcome queue is and how to reach it; shared by the publisher and the consumers.
+
+`load_queue_settings` reads the `[queue]` table of the service's `config.toml` and the
+environment as the service does: `VERIFY_QUEUE_KEY` overrides `key`, and the AWS names for the
+region and endpoint are honoured when it is not set; lists come from the environment
+comma-separated. Other tables are the service's, and are not read. `section` fills any frozen
+settings dataclass from its table that way, so the service can read its own sections with it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import tomllib
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+ENV_PREFIX = "VERIFY"
+#: Conventional variable names honoured when the VERIFY_QUEUE_* one is not set.
+QUEUE_ALIASES: dict[str, tuple[str, ...]] = {
+    "endpoint_url": ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL"),
+    "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+}
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file or the key."""
 
 
 class Secret(str):
@@ -33,10 +60,112 @@ class QueueSettings:
     #: doubling with each refusal up to the maximum; the others go on meanwhile.
     refused_retry_seconds: float = 60.0
     refused_retry_max_seconds: float = 3600.0
-    #: When set, each message is signed (see `notifier.messages.sign`) and consumers given the
+    #: When set, each message is signed (see `notifier.events.sign`) and consumers given the
     #: key refuse messages whose signature is missing or wrong.
     signing_key: Secret = NO_SECRET
 
     @property
     def fifo(self) -> bool:
         return self.name.endswith(".fifo") or self.url.endswith(".fifo")
+
+
+def load_queue_settings(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> QueueSettings:
+    """The `[queue]` table of `path` (None: defaults only) under the environment's overrides."""
+    table = read_config(path).get("queue", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError("Config '[queue]' must be a table.")
+    return section(QueueSettings, "queue", table, os.environ if env is None else env, QUEUE_ALIASES)
+
+
+def read_config(path: str | Path | None) -> dict[str, Any]:
+    """The tables of a TOML file; a named file must exist."""
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.exists():
+        raise ConfigError(f"Config file '{file}' does not exist.")
+    try:
+        return tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Config file '{file}' is not valid TOML: {exc}") from exc
+
+
+def section(
+    cls: type[T],
+    name: str,
+    table: Mapping[str, Any],
+    env: Mapping[str, str],
+    aliases: Mapping[str, tuple[str, ...]] | None = None,
+) -> T:
+    """The frozen dataclass `cls` from the table `[name]`, each key overridden by the env."""
+    hints = get_type_hints(cls)
+    keys = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(table) - keys
+    if unknown:
+        raise ConfigError(f"Config '[{name}]' has unknown key(s): {', '.join(sorted(unknown))}.")
+    values: dict[str, Any] = {}
+    for key in keys:
+        where = f"{name}.{key}"
+        raw = _from_env(env_names(name, key, (aliases or {}).get(key, ())), env)
+        if raw is not None:
+            values[key] = _coerce(hints[key], raw, where, from_env=True)
+        elif key in table:
+            values[key] = _coerce(hints[key], table[key], where, from_env=False)
+    return cls(**values)
+
+
+def env_names(section: str, key: str, aliases: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The variables that set `[section] key`, the project's own first."""
+    return (f"{ENV_PREFIX}_{section}_{key}".upper(), *aliases)
+
+
+def _from_env(names: tuple[str, ...], env: Mapping[str, str]) -> str | None:
+    for name in names:
+        if env.get(name, "") != "":
+            return env[name]
+    return None
+
+
+def _coerce(hint: Any, raw: Any, where: str, *, from_env: bool) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+        origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        if raw not in choices:
+            named = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"Config '{where}' must be one of {named}, not {raw!r}.")
+        return raw
+    if origin is tuple:
+        item = get_args(hint)[0]
+        items = [p.strip() for p in raw.split(",") if p.strip()] if from_env else raw
+        if not isinstance(items, list):
+            raise ConfigError(f"Config '{where}' must be a list.")
+        return tuple(_coerce(item, i, where, from_env=from_env) for i in items)
+    try:
+        if hint is bool:
+            return _boolean(raw)
+        if hint in (int, float):
+            if isinstance(raw, bool):
+                raise ValueError
+            return hint(raw)
+        if hint in (str, Secret):
+            if not isinstance(raw, str):
+                raise ValueError
+            return hint(raw)
+    except ValueError:
+        raise ConfigError(f"Config '{where}' must be a {hint.__name__}, not {raw!r}.") from None
+    raise ConfigError(f"Config '{where}' has a type the loader does not know: {hint}.")
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError

@@ -24,29 +24,16 @@ die() {
     exit 1
 }
 
-# Keep in sync with LOCALSTACK_ENV in tests/support/localstack.py.
+# The environment is written once, in scripts/localstack.env; this adds what is per instance.
 localstack_env() {
-    local port=$1
-    export SERVICES=sqs
-    # Its default (twisted) server uses only the port and listens on all interfaces.
+    local port=$1 caller_log="${LS_LOG:-}" key value
+    while IFS='=' read -r key value; do
+        [[ -z "$key" || "$key" == \#* ]] && continue
+        export "$key=$value"
+    done <"$ROOT/scripts/localstack.env"
     export GATEWAY_LISTEN="127.0.0.1:$port"
-    # Load SQS at start-up, so the first request is not the slow one and health says "running".
-    export EAGER_SERVICE_LOADING=1
-    # This machine may itself be a container: LocalStack would then believe it runs in its own
-    # image and write to /var/lib/localstack and /tmp/localstack, shared by every instance.
-    export OVERRIDE_IN_DOCKER=0
     export FILESYSTEM_ROOT="$STATE/filesystem"
-    # The DNS server binds UDP port 53 on all interfaces and forwards to an upstream resolver.
-    export DNS_ADDRESS=0
-    # No downloads: the TLS certificate from localstack.cloud (a self-signed one is made instead)
-    # and no analytics events; without outside network either would stall start-up or shutdown.
-    export SKIP_SSL_CERT_DOWNLOAD=1
-    export DISABLE_EVENTS=1
-    # CloudWatch is not running, so SQS has nowhere to report its metrics.
-    export SQS_DISABLE_CLOUDWATCH_METRICS=1
-    # A log line per request would cost LocalStack more CPU than small requests themselves (it
-    # shares this machine's cores with the service); LS_LOG=info brings them back.
-    export LS_LOG="${LS_LOG:-warn}"
+    export LS_LOG="${caller_log:-$LS_LOG}"
 }
 
 find_python() {

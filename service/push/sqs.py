@@ -2,7 +2,8 @@
 
 The service commits an outcome and its outbox record in one transaction, then calls `wake()`.
 A record is marked sent only after SQS has accepted it, so a crash or an outage at any point
-means it is sent again later; consumers dedupe by verification id.
+means it is sent again later; consumers dedupe by verification id. The publisher opens its own
+SQS client from the queue settings and finds the queue itself, so the app only starts it.
 """
 
 from __future__ import annotations
@@ -11,32 +12,35 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from botocore import exceptions as boto  # type: ignore[import-untyped]
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-from notifier.messages import SIGNATURE_ATTRIBUTE, OutboxRecord, sign
+from notifier.events import SIGNATURE_ATTRIBUTE, sign
 from notifier.queues import (
     NOT_FOUND_CODES,
     QueueNotFound,
     SqsClient,
     error_code,
     is_transient,
+    resolve_queue_url,
     sqs_client,
 )
+from notifier.settings import QueueSettings
+from service.backoff import delays
+from service.observers import IGNORED, Observer
+from service.store.base import Outbox, OutboxRecord
 
-__all__ = ["Outbox", "Publisher", "failure_reason", "sqs_client"]
+__all__ = ["Publisher", "failure_reason"]
 
 log = logging.getLogger(__name__)
 
 #: SQS takes at most ten entries per SendMessageBatch.
 BATCH_SIZE = 10
 READ_LIMIT = 100
-#: First and longest wait before a record SQS refused is offered again; it doubles in between.
-REFUSED_DELAYS = (60.0, 3600.0)
 #: While a stop flushes, failed attempts are retried this often at most, whatever the back-off.
 FLUSH_RETRY_SECONDS = 0.1
 #: A timer may fire a little early (uvloop rounds to the millisecond); waking before a deferred
@@ -59,27 +63,6 @@ CREDENTIAL_ERRORS = (
     boto.PartialCredentialsError,
     boto.CredentialRetrievalError,
 )
-
-
-class Outbox(Protocol):
-    """The service's outbox; implemented by its store, so this module needs nothing of it."""
-
-    async def due(self, limit: int, now: float) -> list[OutboxRecord]:
-        """At most `limit` unsent records whose next attempt is at or before `now`, oldest first.
-
-        Records deferred to later are not read, so a read costs the same however many there are.
-        """
-        ...
-
-    async def mark_sent(self, seqs: Sequence[int]) -> None: ...
-
-    async def defer(self, seq: int, until: float, error: str) -> None:
-        """Record a refusal: one attempt more, its error, and no new attempt before `until`."""
-        ...
-
-    async def next_due(self) -> float | None:
-        """When the earliest unsent record is due (epoch seconds); None when all are sent."""
-        ...
 
 
 class EntriesFailed(Exception):
@@ -118,51 +101,72 @@ def failure_reason(exc: BaseException) -> str:
 class Publisher:
     """Sends due outbox records whenever woken, until none is left, then waits to be woken.
 
-    While SQS fails, it waits through `retry_delays` (the last one repeats) and reads the
-    records again from the outbox, so memory stays bounded however long the outage; it never
+    While SQS fails, it waits through `settings.retry_delays` (the last one repeats) and reads
+    the records again from the outbox, so memory stays bounded however long the outage; it never
     gives up, whatever the failure. A record SQS refuses outright (an invalid body) is logged and
-    deferred in the outbox, with a wait that doubles from `refused_delays[0]` up to
-    `refused_delays[1]`; the publisher wakes by itself when the earliest deferred one is due.
+    deferred in the outbox, with a wait that doubles from `refused_retry_seconds` up to
+    `refused_retry_max_seconds`; the publisher wakes by itself when the earliest deferred one is
+    due. `up` tells whether the last attempt to reach SQS succeeded; the observer hears of each
+    failed attempt and each refused record.
 
-    `up` tells whether the last attempt to reach SQS succeeded; `on_failure(reason)` and
-    `on_refused()` are called for each failed attempt and each refused record.
+    `async with publisher.running(flush_seconds):` is the whole of its life; the parts, for
+    tests: `async with publisher:` holds its client, inside which `run()` publishes until
+    cancelled and `flush()` hurries it before a stop.
     """
 
     def __init__(
         self,
         outbox: Outbox,
-        client: SqsClient,
-        queue_url: str | Callable[[], Awaitable[str]],
+        settings: QueueSettings,
         *,
-        fifo: bool,
-        retry_delays: Sequence[float],
+        observer: Observer = IGNORED,
         read_limit: int = READ_LIMIT,
-        refused_delays: tuple[float, float] = REFUSED_DELAYS,
-        signing_key: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not retry_delays:
+        if not settings.retry_delays:
             raise ValueError("Publisher needs at least one retry delay.")
-        if not 0 < refused_delays[0] <= refused_delays[1]:
-            raise ValueError("Publisher's refused_delays must be positive, the first the shorter.")
+        if not 0 < settings.refused_retry_seconds <= settings.refused_retry_max_seconds:
+            raise ValueError("Publisher's refused retry waits must be positive, the first shorter.")
         self._outbox = outbox
-        self._client = client
-        #: The URL, or how to find it: asked again with back-off while that fails.
-        self._queue_url = queue_url
-        self._fifo = fifo
-        self._retry_delays = tuple(retry_delays)
+        self._settings = settings
+        self._observer = observer
         self._read_limit = read_limit
-        self._refused_delays = refused_delays
-        self._signing_key = signing_key
         self._clock = clock
+        self._closing = contextlib.AsyncExitStack()
+        self._client: SqsClient | None = None
+        #: Found by `run()`, with back-off while that fails.
+        self._queue_url = ""
         self._woken = asyncio.Event()
         #: Set while nothing due is left to send; a flush waits for it.
         self._idle = asyncio.Event()
         #: Set by a flush: back-off waits are cut short, there is little time left.
         self._hurried = asyncio.Event()
         self.up = False
-        self.on_failure: Callable[[str], None] = lambda reason: None
-        self.on_refused: Callable[[], None] = lambda: None
+
+    async def __aenter__(self) -> Publisher:
+        """Open the SQS client; settings it cannot be made with (a bad endpoint) fail here."""
+        self._client = await self._closing.enter_async_context(sqs_client(self._settings))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._client = None
+        await self._closing.aclose()
+
+    @contextlib.asynccontextmanager
+    async def running(self, flush_seconds: float) -> AsyncIterator[None]:
+        """Publish from a task of its own while inside; at the exit, send what is due if SQS
+        takes it within `flush_seconds` (the rest waits for the next start), then stop.
+        """
+        async with self:
+            task = asyncio.create_task(self.run(), name="publisher")
+            task.add_done_callback(_ended)
+            try:
+                yield
+                await self.flush(flush_seconds)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def wake(self) -> None:
         """Call right after committing an outcome record."""
@@ -171,9 +175,11 @@ class Publisher:
 
     async def run(self) -> None:
         """Publish until cancelled, starting with whatever was left unsent before a restart."""
-        if not isinstance(self._queue_url, str):
-            self._queue_url = await self._retrying(self._queue_url)
-            log.info("publishing outcomes to %s", self._queue_url)
+        if self._client is None:
+            raise RuntimeError("Publisher.run() needs its client: use `async with publisher`.")
+        client = self._client
+        self._queue_url = await self._retrying(lambda: resolve_queue_url(client, self._settings))
+        log.info("publishing outcomes to %s", self._queue_url)
         self._woken.set()
         while True:
             await self._wait_for_work()
@@ -218,7 +224,7 @@ class Publisher:
 
     @property
     def _longest(self) -> float:
-        return self._retry_delays[-1]
+        return self._settings.retry_delays[-1]
 
     async def _wait_for_work(self) -> None:
         """Until woken, or until the earliest deferred record is due."""
@@ -234,15 +240,16 @@ class Publisher:
 
     async def _retrying(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
         """`attempt()`'s result, trying again after each failure, with back-off, for ever."""
+        waits = delays(self._settings.retry_delays)
         failures = 0
         while True:
             try:
                 result = await attempt()
             except Exception as exc:
                 self.up = False
-                delay = self._retry_delays[min(failures, len(self._retry_delays) - 1)]
+                delay = next(waits)
                 self._log_failure(exc, delay, first=failures == 0)
-                self.on_failure(failure_reason(exc))
+                self._observer.publish_failed(failure_reason(exc))
                 failures += 1
                 await self._pause(delay)
                 continue
@@ -283,7 +290,7 @@ class Publisher:
         return len(records) >= self._read_limit
 
     async def _send(self, batch: list[OutboxRecord]) -> BatchResult:
-        assert isinstance(self._queue_url, str), "run() resolves the URL first"
+        assert self._client is not None and self._queue_url, "run() finds the queue first"
         try:
             response = await self._client.send_message_batch(
                 QueueUrl=self._queue_url, Entries=[self._entry(r) for r in batch]
@@ -315,15 +322,15 @@ class Publisher:
 
     def _entry(self, record: OutboxRecord) -> dict[str, Any]:
         attributes = {"status": {"DataType": "String", "StringValue": record.status}}
-        if self._signing_key:
-            signature = sign(self._signing_key, record.body)
+        if self._settings.signing_key:
+            signature = sign(self._settings.signing_key, record.body)
             attributes[SIGNATURE_ATTRIBUTE] = {"DataType": "String", "StringValue": signature}
         entry: dict[str, Any] = {
             "Id": str(record.seq),
             "MessageBody": record.body,
             "MessageAttributes": attributes,
         }
-        if self._fifo:
+        if self._settings.fifo:
             # One group per verification: no head-of-line blocking between unrelated outcomes,
             # and SQS drops a resend within its five-minute deduplication window.
             entry["MessageGroupId"] = record.verification_id
@@ -331,11 +338,12 @@ class Publisher:
         return entry
 
     async def _refuse(self, record: OutboxRecord, code: str, message: str) -> None:
-        first, longest = self._refused_delays
+        settings = self._settings
+        first, longest = settings.refused_retry_seconds, settings.refused_retry_max_seconds
         # The exponent is capped before it can overflow a float; the wait is capped anyway.
         delay = min(first * 2 ** min(record.attempts, 32), longest)
         await self._outbox.defer(record.seq, self._clock() + delay, f"{code}: {message}")
-        self.on_refused()
+        self._observer.outcome_refused()
         log.error(
             "SQS refused the outcome of verification %s (outbox seq %d, refusal %d): %s %s; "
             "it stays unsent in the outbox and is tried again in %gs",
@@ -355,3 +363,9 @@ class Publisher:
         else:
             # Neither SQS nor the network: a bug or the outbox; one trace per run of failures.
             log.error("Publishing failed; retrying in %gs: %r", delay, exc, exc_info=first)
+
+
+def _ended(task: asyncio.Task[None]) -> None:
+    # It retries every failure for ever, so this is a bug; never let it pass in silence.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the publisher stopped: outcomes stay in the outbox", exc_info=task.exception())

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from notifier.consumer import Consumer, Outcome, outcomes
-from notifier.messages import outcome_body, sign
+from notifier.events import outcome_body, sign
 from notifier.queues import SqsClient, dead_letter_name
 from notifier.settings import QueueSettings
 from tests.support.localstack import queue_depth, receive_all

@@ -8,10 +8,12 @@ import sys
 import uuid
 from pathlib import Path
 
-from notifier.messages import outcome_body, sign
+from notifier.events import outcome_body, sign
 from notifier.queues import SqsClient, dead_letter_name
 from notifier.settings import QueueSettings
 from tests.support.localstack import REGION, queue_depth
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def body(verification_id: str) -> str:
@@ -30,14 +32,16 @@ def body(verification_id: str) -> str:
 async def notifier(
     cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
-    # Its own folder, so a config.toml of the checkout is not picked up.
+    # Its own folder, so a config.toml of the checkout is not picked up; this checkout's code,
+    # whichever copy is installed.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "notifier",
         *args,
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "PYTHONPATH": path, **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

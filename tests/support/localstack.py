@@ -9,6 +9,8 @@ Fixtures (register with `pytest_plugins = ["tests.support.localstack"]`):
 - `queue_settings`, `fifo_queue_settings`: `QueueSettings` of a new queue, with `url` set, a
   dead-letter queue after 2 receives and short retry delays; deleted after the test.
 - `sqs_proxy`: a `TcpProxy` in front of LocalStack, to cut SQS off and bring it back.
+
+Every test that uses LocalStack, through any of them, is marked `slow`.
 """
 
 from __future__ import annotations
@@ -41,17 +43,25 @@ LOCALSTACK_PYTHON = ROOT / ".venv-localstack" / "bin" / "python"
 START_TIMEOUT = 90.0
 REGION = "us-east-1"
 
-#: Keep in sync with `localstack_env` in scripts/localstack.sh, which says why each is set.
-LOCALSTACK_ENV = {
-    "SERVICES": "sqs",
-    "EAGER_SERVICE_LOADING": "1",
-    "OVERRIDE_IN_DOCKER": "0",
-    "DNS_ADDRESS": "0",
-    "SKIP_SSL_CERT_DOWNLOAD": "1",
-    "DISABLE_EVENTS": "1",
-    "SQS_DISABLE_CLOUDWATCH_METRICS": "1",
-    "LS_LOG": "warn",
-}
+#: LocalStack's environment, shared with scripts/localstack.sh; that file says why each is set.
+LOCALSTACK_ENV_FILE = ROOT / "scripts" / "localstack.env"
+
+
+def localstack_env(port: int, state: Path) -> dict[str, str]:
+    """The variables LocalStack is started with: the shared file's, then the per-instance ones."""
+    env = {"GATEWAY_LISTEN": f"127.0.0.1:{port}", "FILESYSTEM_ROOT": str(state / "filesystem")}
+    for line in LOCALSTACK_ENV_FILE.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key] = value
+    return env
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # By its fixtures, so that no test can need LocalStack and still run in the fast part.
+    for item in items:
+        if "localstack_endpoint" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 def healthy(endpoint: str) -> bool:
@@ -88,8 +98,7 @@ def _run_localstack(state: Path) -> Iterator[str]:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env |= LOCALSTACK_ENV
-    env |= {"GATEWAY_LISTEN": f"127.0.0.1:{port}", "FILESYSTEM_ROOT": str(state / "filesystem")}
+    env |= localstack_env(port, state)
     log_path = state / "localstack.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from notifier.consumer import BadSignature, Outcome
 from notifier.settings import QueueSettings
 from tests.support.api import API_KEY, AUTH, MakeClient, MakeSettings, start, submit, wrong
+from tests.support.database import database
 from tests.support.localstack import TcpProxy, fresh_queue, queue_section, receive_all
 from tests.support.process import ServiceProcess, free_port, request
 from tests.support.twilio import TwilioServer
@@ -132,7 +132,7 @@ async def test_outcomes_wait_while_sqs_is_down_then_all_go_out(
 
     expected = await finish_one_of_each(client, twilio)
     await asyncio.sleep(1.5)  # the expired one expires, the publisher fails a few times
-    with sqlite3.connect(settings.database.path) as db:
+    with database(settings.database.path) as db:
         unsent = db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
     assert unsent == 5
     r = await client.get("/healthz")

@@ -19,6 +19,7 @@ import pytest
 from notifier.queues import SqsClient, dead_letter_name, resolve_queue_url
 from notifier.settings import QueueSettings
 from tests.support.api import API_KEY, AUTH, MakeClient, MakeSettings, start
+from tests.support.database import database
 from tests.support.localstack import REGION, TcpProxy, queue_section, receive_all
 from tests.support.metrics import scrape, value
 from tests.support.process import ServiceProcess, free_port, request
@@ -62,7 +63,7 @@ async def cancel_one(client: Any, twilio: TwilioServer, phone: str = PHONE) -> s
 
 
 def outbox_rows(path: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(path) as db:
+    with database(path) as db:
         return db.execute(
             "SELECT verification_id, sent_at, attempts, next_attempt_at, last_error FROM outbox"
         ).fetchall()
@@ -153,7 +154,7 @@ async def test_a_refused_outcome_is_deferred_counted_and_sent_once_mended(
     offline = await make_client()
     verification_id = await cancel_one(offline, twilio)
     await offline.close()
-    with sqlite3.connect(path) as db:
+    with database(path) as db:
         [(body,)] = db.execute("SELECT body FROM outbox").fetchall()
         # SQS takes no NUL character; our bodies are ASCII JSON, so only a hand can put one there.
         db.execute("UPDATE outbox SET body = ?", ("\x00" + body,))
@@ -171,7 +172,7 @@ async def test_a_refused_outcome_is_deferred_counted_and_sent_once_mended(
     assert value(await scrape(client), "outbox_depth") == 1
     assert await readiness(client) == (200, {"status": "ready"}), "one bad record is no outage"
 
-    with sqlite3.connect(path) as db:
+    with database(path) as db:
         db.execute("UPDATE outbox SET body = ?", (body,))
     # Nobody wakes the publisher: it comes back for the record by itself when it is due.
     [message] = await receive_all(sqs_client, queue_settings.url, 1, seconds=10)
@@ -245,6 +246,7 @@ async def test_with_the_queue_off_readiness_is_the_store_s(client: Any) -> None:
     assert await readiness(client) == (200, {"status": "ready"})
 
 
+@pytest.mark.slow
 async def test_sigterm_publishes_what_waits_before_the_process_exits(
     tmp_path: Path,
     twilio: TwilioServer,

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from notifier import queues
-from notifier.messages import OutboxRecord, outcome_body
+from notifier.events import outcome_body
 from notifier.queues import SqsClient
 from notifier.settings import QueueSettings
+from service.observers import IGNORED
 from service.push.sqs import Publisher
+from service.store.base import OutboxRecord
 from tests.support.localstack import TcpProxy, queue_depth, receive_all
 
 FAST = (0.05, 0.1, 0.2)
@@ -83,19 +84,31 @@ async def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
 
 @contextlib.asynccontextmanager
 async def running(publisher: Publisher) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(publisher.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with publisher:
+        task = asyncio.create_task(publisher.run())
+        try:
+            yield task
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
-def publisher(
-    outbox: MemoryOutbox, client: SqsClient, settings: QueueSettings, **options: Any
-) -> Publisher:
-    return Publisher(outbox, client, settings.url, fifo=settings.fifo, retry_delays=FAST, **options)
+class Refusals:
+    """An observer counting the records the queue refused."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def outcome_refused(self) -> None:
+        self.count += 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(IGNORED, name)
+
+
+def publisher(outbox: MemoryOutbox, settings: QueueSettings, **queue: Any) -> Publisher:
+    return Publisher(outbox, dataclasses.replace(settings, retry_delays=FAST, **queue))
 
 
 async def test_records_left_from_before_are_published_once_each_with_their_status(
@@ -105,7 +118,7 @@ async def test_records_left_from_before_are_published_once_each_with_their_statu
     for i in range(25):
         outbox.add(f"ver_{i}", status="verified" if i % 2 else "expired")
 
-    async with running(publisher(outbox, sqs_client, queue_settings)):
+    async with running(publisher(outbox, queue_settings)):
         await eventually(lambda: not outbox.unsent_seqs)
 
     messages = await receive_all(sqs_client, queue_settings.url, 25)
@@ -122,7 +135,7 @@ async def test_wake_publishes_what_was_committed_since(
     sqs_client: SqsClient, queue_settings: QueueSettings
 ) -> None:
     outbox = MemoryOutbox()
-    pub = publisher(outbox, sqs_client, queue_settings)
+    pub = publisher(outbox, queue_settings)
     async with running(pub):
         await eventually(lambda: outbox.reads > 0)
         outbox.add("ver_late")
@@ -144,7 +157,7 @@ async def test_fifo_messages_are_grouped_and_deduplicated_by_verification_id(
     outbox.add("ver_b")
     outbox.add("ver_a")  # sent again, as after a crash between send and mark_sent
 
-    async with running(publisher(outbox, sqs_client, fifo_queue_settings)):
+    async with running(publisher(outbox, fifo_queue_settings)):
         await eventually(lambda: not outbox.unsent_seqs)
 
     messages = await receive_all(sqs_client, fifo_queue_settings.url, 2)
@@ -164,18 +177,12 @@ async def test_refused_records_are_deferred_with_back_off_and_retried_by_themsel
         outbox.add(f"ver_bad_{i}", body="invalid \x00 body")
     for i in range(12):
         outbox.add(f"ver_good_{i}")
-    refusals: list[int] = []
-    # A read limit below the number of refused records: they must not stop progress.
-    pub = Publisher(
-        outbox,
-        sqs_client,
-        queue_settings.url,
-        fifo=False,
-        retry_delays=FAST,
-        read_limit=2,
-        refused_delays=(0.4, 0.8),
+    refusals = Refusals()
+    settings = dataclasses.replace(
+        queue_settings, retry_delays=FAST, refused_retry_seconds=0.4, refused_retry_max_seconds=0.8
     )
-    pub.on_refused = lambda: refusals.append(1)
+    # A read limit below the number of refused records: they must not stop progress.
+    pub = Publisher(outbox, settings, observer=refusals, read_limit=2)
     began = time.time()
 
     async with running(pub) as task:
@@ -197,9 +204,9 @@ async def test_refused_records_are_deferred_with_back_off_and_retried_by_themsel
         assert not task.done()
 
     assert max(outbox.limits) == 2, "reads grew with the refused records"
-    assert len(refusals) >= 5  # 3 at first, then record 1 twice more
+    assert refusals.count >= 5  # 3 at first, then record 1 twice more
     refused_logs = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(refused_logs) == len(refusals)
+    assert len(refused_logs) == refusals.count
     assert any("verification ver_bad_0 (outbox seq 1, refusal 3)" in m for m in refused_logs)
     assert any("tried again in 0.8s" in m for m in refused_logs)
     messages = await receive_all(sqs_client, queue_settings.url, 14)
@@ -219,25 +226,24 @@ async def test_records_wait_out_an_outage_and_go_when_sqs_is_back(
     outbox.add("ver_before")
     via_proxy = dataclasses.replace(queue_settings, endpoint_url=sqs_proxy.url)
 
-    async with queues.sqs_client(via_proxy) as client:
-        pub = publisher(outbox, client, queue_settings)
-        async with running(pub) as task:
-            # Published once through the proxy, so the outage also breaks a kept-alive connection.
-            await eventually(lambda: outbox.sent == [1])
-            await sqs_proxy.cut()
-            for i in range(5):
-                outbox.add(f"ver_during_{i}")
-            pub.wake()
-            await asyncio.sleep(0.8)
-            assert outbox.sent == [1]
-            assert not task.done()
-            warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-            # Back-off: at 0.05, 0.1, 0.2, 0.2 ... seconds, about 5 attempts in 0.8 s, not hundreds.
-            assert 2 <= len(warnings) <= 8
-            assert all(r.exc_info is None for r in warnings), "a stack trace per failure"
+    pub = publisher(outbox, via_proxy)
+    async with running(pub) as task:
+        # Published once through the proxy, so the outage also breaks a kept-alive connection.
+        await eventually(lambda: outbox.sent == [1])
+        await sqs_proxy.cut()
+        for i in range(5):
+            outbox.add(f"ver_during_{i}")
+        pub.wake()
+        await asyncio.sleep(0.8)
+        assert outbox.sent == [1]
+        assert not task.done()
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        # Back-off: at 0.05, 0.1, 0.2, 0.2 ... seconds, about 5 attempts in 0.8 s, not hundreds.
+        assert 2 <= len(warnings) <= 8
+        assert all(r.exc_info is None for r in warnings), "a stack trace per failure"
 
-            await sqs_proxy.restore()
-            await eventually(lambda: not outbox.unsent_seqs, seconds=5)
+        await sqs_proxy.restore()
+        await eventually(lambda: not outbox.unsent_seqs, seconds=5)
 
     messages = await receive_all(sqs_client, queue_settings.url, 6)
     assert sorted(json.loads(m["Body"])["id"] for m in messages) == sorted(
@@ -253,7 +259,7 @@ async def test_a_missing_queue_keeps_records_unsent_and_the_publisher_alive(
     outbox.add("ver_1")
     missing = dataclasses.replace(queue_settings, url=queue_settings.url + "-missing")
 
-    async with running(publisher(outbox, sqs_client, missing)) as task:
+    async with running(publisher(outbox, missing)) as task:
         await eventually(lambda: outbox.reads >= 3)
         assert not task.done()
 
@@ -268,7 +274,7 @@ async def test_with_a_signing_key_each_message_carries_the_hmac_of_its_body(
 ) -> None:
     outbox = MemoryOutbox()
     outbox.add("ver_signed")
-    pub = publisher(outbox, sqs_client, queue_settings, signing_key="publisher-test-key")
+    pub = publisher(outbox, queue_settings, signing_key="publisher-test-key")
 
     async with running(pub):
         await eventually(lambda: outbox.sent == [1])
@@ -285,24 +291,39 @@ async def test_flush_sends_what_is_due_at_once_and_gives_up_at_its_timeout(
     outbox = MemoryOutbox()
     via_proxy = dataclasses.replace(queue_settings, endpoint_url=sqs_proxy.url)
 
-    async with queues.sqs_client(via_proxy) as client:
-        # A back-off far longer than any stop: a flush must not sit it out.
-        pub = Publisher(outbox, client, queue_settings.url, fifo=False, retry_delays=(30.0,))
-        async with running(pub):
-            assert await pub.flush(1.0), "nothing to send is flushed at once"
-            await sqs_proxy.cut()
-            outbox.add("ver_1")
-            pub.wake()
-            began = time.monotonic()
-            assert not await pub.flush(0.3)
-            assert time.monotonic() - began < 0.6
-            assert not pub.up
+    # A back-off far longer than any stop: a flush must not sit it out.
+    pub = Publisher(outbox, dataclasses.replace(via_proxy, retry_delays=(30.0,)))
+    async with running(pub):
+        assert await pub.flush(1.0), "nothing to send is flushed at once"
+        await sqs_proxy.cut()
+        outbox.add("ver_1")
+        pub.wake()
+        began = time.monotonic()
+        assert not await pub.flush(0.3)
+        assert time.monotonic() - began < 0.6
+        assert not pub.up
 
-            await sqs_proxy.restore()
-            began = time.monotonic()
-            assert await pub.flush(5.0)
-            assert time.monotonic() - began < 1.0
-            assert outbox.sent == [1] and pub.up
+        await sqs_proxy.restore()
+        began = time.monotonic()
+        assert await pub.flush(5.0)
+        assert time.monotonic() - began < 1.0
+        assert outbox.sent == [1] and pub.up
 
     [message] = await receive_all(sqs_client, queue_settings.url, 1)
     assert json.loads(message["Body"])["id"] == "ver_1"
+
+
+async def test_finds_the_queue_by_name_and_flushes_when_it_stops_running(
+    sqs_client: SqsClient, queue_settings: QueueSettings
+) -> None:
+    outbox = MemoryOutbox()
+    by_name = dataclasses.replace(queue_settings, url="", create=False, retry_delays=FAST)
+    pub = Publisher(outbox, by_name)
+
+    async with pub.running(flush_seconds=5.0):
+        outbox.add("ver_last")
+        pub.wake()
+
+    assert outbox.sent == [1], "what was due at the stop was not flushed"
+    [message] = await receive_all(sqs_client, queue_settings.url, 1)
+    assert json.loads(message["Body"])["id"] == "ver_last"
