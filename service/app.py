@@ -7,19 +7,17 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
-from notifier.queues import resolve_queue_url, sqs_client
 from notifier.settings import QueueSettings
-from service.api.keys import orchestrator_key, settings_key, store_key
+from service.api.keys import orchestrator_key, sender_key, settings_key, store_key
 from service.api.routes import setup_routes
-from service.api.v1.middlewares import authentication, errors
+from service.api.v1.errors import errors
 from service.codes import CodeBook, load_secret
 from service.config import Settings
 from service.errors import ConfigError
-from service.limits import Limits, check_settings
+from service.limits import Limits
 from service.metrics import Metrics, metrics_key, metrics_middleware
 from service.orchestrator.orchestrator import Orchestrator
 from service.orchestrator.recovery import recover
@@ -28,7 +26,7 @@ from service.readiness import Readiness, readiness_key
 from service.retention import keep_sweeping
 from service.sms.base import create_sender
 from service.sms.challenge import Challenges
-from service.store.sqlite.store import Store
+from service.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +37,19 @@ FLUSH_SECONDS = 1.0
 def create_app(settings: Settings) -> web.Application:
     """Build the app; the database, SMS sender and orchestrator open when it starts."""
     check_access(settings)
-    check_settings(settings.limits)
     check_queue(settings.queue)
     metrics = Metrics()
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[metrics_middleware(metrics), errors, authentication(settings.auth.api_keys)],
+        middlewares=[metrics_middleware(metrics), errors],
     )
     app[settings_key] = settings
     app[metrics_key] = metrics
     app[readiness_key] = Readiness()
-    # Unwound in reverse: the orchestrator stops first, then the publisher sends what it decided
-    # meanwhile, then the store closes.
-    app.cleanup_ctx.append(_store)
-    app.cleanup_ctx.append(_outcomes)
-    app.cleanup_ctx.append(_domain)
+    # One context per resource, unwound in reverse: the sweeps stop, the orchestrator stops, the
+    # publisher sends what it decided meanwhile, then the SMS sender and the store close.
+    for context in (_store, _sender, _outcomes, _orchestrator, _retention):
+        app.cleanup_ctx.append(context)
     app.on_shutdown.append(_stop_domain)
     setup_routes(app)
     return app
@@ -81,22 +77,29 @@ def check_access(settings: Settings) -> None:
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
-    store = await Store.open(
-        settings.database.path, busy_timeout_ms=settings.database.busy_timeout_ms
-    )
+    store = await open_store(settings.database, clock=time.time)
     app[store_key] = store
     app[readiness_key].add("store", lambda: store.healthy)
     yield
     await store.close()
 
 
-async def _domain(app: web.Application) -> AsyncIterator[None]:
+async def _sender(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
-    codes = CodeBook(load_secret(settings.database), settings.verification.code_length)
     sender = create_sender(settings.sms, has_api_keys=bool(settings.auth.api_keys))
-    store = app[store_key]
-    limits = Limits(settings.limits, clock=time.time)
-    challenges = Challenges(sender, codes, limits, settings.sms, clock=time.time)
+    app[sender_key] = sender
+    yield
+    await sender.close()
+
+
+async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
+    """The orchestrator, with every pending verification recovered before the first request."""
+    settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
+    codes = CodeBook(load_secret(settings.database), settings.verification.code_length)
+    limits = Limits(settings.limits, clock=time.time, observer=metrics)
+    challenges = Challenges(
+        app[sender_key], codes, limits, settings.sms, clock=time.time, observer=metrics
+    )
     orchestrator = Orchestrator(
         store,
         challenges,
@@ -105,28 +108,27 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
         settings.verification,
         settings.database,
         clock=time.time,
+        observer=metrics,
     )
-    metrics = app[metrics_key]
     metrics.watch_pending(lambda: orchestrator.pending_count)
-    orchestrator.on_started = metrics.started
-    orchestrator.on_finished = metrics.finished
-    challenges.on_sent = metrics.sms_sent
-    challenges.on_failed = metrics.sms_failed
-    limits.on_refused = metrics.refused
     app[orchestrator_key] = orchestrator
-    sweeper: asyncio.Task[None] | None = None
     try:
         await recover(store, orchestrator, time.time, settings.verification.ttl_seconds)
-        sweeper = asyncio.create_task(
-            keep_sweeping(store, settings.retention, time.time, metrics.outcomes_dropped)
-        )
         yield
     finally:
-        if sweeper is not None:
-            sweeper.cancel()
         # Closed at the stop's start already (`_stop_domain`): this one is for a failed start-up.
         await orchestrator.close(settings.server.shutdown_grace_seconds)
-        await sender.close()
+
+
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    settings, metrics = app[settings_key], app[metrics_key]
+    sweeper = asyncio.create_task(
+        keep_sweeping(app[store_key], settings.retention, time.time, metrics.outcomes_dropped)
+    )
+    yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
 
 
 async def _stop_domain(app: web.Application) -> None:
@@ -141,43 +143,16 @@ async def _stop_domain(app: web.Application) -> None:
 
 async def _outcomes(app: web.Application) -> AsyncIterator[None]:
     """Push the outbox to SQS, from a task of its own: the service works while SQS does not."""
-    settings = app[settings_key]
+    settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
     if not settings.queue.enabled:
         log.warning("queue publishing is off: outcomes stay in the outbox")
         yield
         return
-    async with sqs_client(settings.queue) as client:
-        publisher = _publisher(client, settings.queue, app[store_key], app[metrics_key])
-        app[readiness_key].add("publisher", lambda: publisher.up)
-        task = asyncio.create_task(publisher.run(), name="publisher")
-        task.add_done_callback(_ended)
-        yield
-        # The orchestrator has stopped (its context unwinds first): what it decided meanwhile
-        # goes out now if SQS takes it in time, else at the next start.
-        await publisher.flush(min(FLUSH_SECONDS, settings.server.shutdown_grace_seconds))
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def _publisher(client: Any, settings: QueueSettings, store: Store, metrics: Metrics) -> Publisher:
-    publisher = Publisher(
-        store,
-        client,
-        lambda: resolve_queue_url(client, settings),
-        fifo=settings.fifo,
-        retry_delays=settings.retry_delays,
-        refused_delays=(settings.refused_retry_seconds, settings.refused_retry_max_seconds),
-        signing_key=settings.signing_key,
-    )
-    publisher.on_failure = metrics.publish_failed
-    publisher.on_refused = metrics.outcome_refused
+    publisher = Publisher(store, settings.queue, observer=metrics)
+    app[readiness_key].add("publisher", lambda: publisher.up)
     metrics.watch_publisher(lambda: publisher.up)
     store.on_outcome = publisher.wake
-    return publisher
-
-
-def _ended(task: asyncio.Task[None]) -> None:
-    # It retries every failure for ever, so this is a bug; never let it pass in silence.
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the publisher stopped: outcomes stay in the outbox", exc_info=task.exception())
+    # The orchestrator stops first (its context unwinds first): what it decided meanwhile goes
+    # out at this one's exit if SQS takes it in time, else at the next start.
+    async with publisher.running(min(FLUSH_SECONDS, settings.server.shutdown_grace_seconds)):
+        yield

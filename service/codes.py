@@ -29,8 +29,6 @@ class CodeBook:
     def __init__(self, secret: bytes, length: int) -> None:
         if len(secret) < SECRET_BYTES:
             raise ConfigError(f"The code secret must be at least {SECRET_BYTES} bytes.")
-        if not 4 <= length <= 10:
-            raise ConfigError("Config 'verification.code_length' must be between 4 and 10.")
         self._secret = secret
         self.length = length
 

@@ -3,27 +3,35 @@
 Every setting has a default, so the service runs with no file at all. A setting `key` of section
 `[section]` is overridden by the variable `VERIFY_SECTION_KEY`; a few also honour the names their
 ecosystems use (`TWILIO_AUTH_TOKEN`, `AWS_ENDPOINT_URL`, ...). Lists come from the environment
-comma-separated.
+comma-separated. Each section checks its own values when it is made, naming the key, so a bad
+value is refused before anything starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 # Secret lives with the queue settings, which need one too: notifier imports nothing of service.
 from notifier.settings import NO_SECRET as NO_SECRET
-from notifier.settings import QueueSettings
+from notifier.settings import QUEUE_ALIASES, QueueSettings, read_config, section
 from notifier.settings import Secret as Secret
 from service.errors import ConfigError
 
-ENV_PREFIX = "VERIFY"
+
+def _require(ok: bool, key: str, rule: str, value: object) -> None:
+    if not ok:
+        raise ConfigError(f"Config '{key}' must be {rule}, not {value!r}.")
+
+
+def _positive(section: object, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        _require(value > 0, f"{prefix}.{name}", "positive", value)
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,20 @@ class ServerSettings:
     #: Open connections past which a new one is answered 503 at once (keep-alive ones count).
     max_connections: int = 1024
     #: "uvloop" (libuv: about a quarter less CPU per request) or "asyncio" (the standard loop).
-    event_loop: str = "uvloop"
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "server.port", "a port number", self.port)
+        _positive(self, "server", "max_body_bytes", "max_connections")
+        grace = self.shutdown_grace_seconds
+        _require(grace >= 0, "server.shutdown_grace_seconds", "0 or more", grace)
 
 
 @dataclass(frozen=True)
 class DatabaseSettings:
+    #: The database, as SQLAlchemy writes it (sqlite:///relative/path, sqlite:////absolute/path);
+    #: empty means the SQLite file `path`.
+    url: str = ""
     path: str = "verifications.db"
     #: The file holding the code secret; empty means `<path>.secret`.
     secret_file: str = ""
@@ -50,6 +67,15 @@ class DatabaseSettings:
     busy_timeout_ms: int = 5000
     #: How long a code or cancel is retried while the database fails, before answering 503.
     write_retry_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("busy_timeout_ms", "write_retry_seconds"):
+            value = getattr(self, name)
+            _require(value >= 0, f"database.{name}", "0 or more", value)
+        # Here, not at the top: the store's package reads these settings.
+        from service.store import check_url, database_url
+
+        check_url(database_url(self))  # refuses a scheme no store opens, naming the key
 
 
 @dataclass(frozen=True)
@@ -61,11 +87,23 @@ class VerificationSettings:
     #: Commands (codes, cancels, resends) waiting for one verification at once; 429 past it.
     max_queued_commands: int = 16
 
+    def __post_init__(self) -> None:
+        length = self.code_length
+        _require(4 <= length <= 10, "verification.code_length", "between 4 and 10", length)
+        _positive(
+            self,
+            "verification",
+            "ttl_seconds",
+            "max_attempts",
+            "max_reference_length",
+            "max_queued_commands",
+        )
+
 
 @dataclass(frozen=True)
 class SmsSettings:
     #: "twilio", "console", or "auto": Twilio when credentials are set, else the console.
-    sender: str = "auto"
+    sender: Literal["twilio", "console", "auto"] = "auto"
     account_sid: str = ""
     auth_token: Secret = NO_SECRET
     from_number: str = ""
@@ -77,6 +115,11 @@ class SmsSettings:
     #: SMS requests in flight at once: a recovery with thousands to resend waits its turn
     #: before its time-out starts, instead of timing out in the queue for a connection.
     max_concurrent_sends: int = 50
+
+    def __post_init__(self) -> None:
+        _positive(self, "sms", "timeout_seconds", "max_concurrent_sends")
+        delays = self.retry_delays
+        _require(all(d >= 0 for d in delays), "sms.retry_delays", "waits of 0 s or more", delays)
 
 
 @dataclass(frozen=True)
@@ -101,6 +144,21 @@ class LimitSettings:
         "personal_number",
     )
 
+    def __post_init__(self) -> None:
+        # 0 SMS per window would refuse every start: surely not what was meant.
+        _positive(
+            self,
+            "limits",
+            "sms_per_phone",
+            "sms_per_phone_window_seconds",
+            "starts_per_key_per_minute",
+            "sms_per_minute",
+        )
+        # Here, not at the top: the destination policy's module reads these settings.
+        from service.destinations import Destinations
+
+        Destinations.from_settings(self)  # refuses names that mean nothing, naming the key
+
 
 @dataclass(frozen=True)
 class RetentionSettings:
@@ -111,6 +169,16 @@ class RetentionSettings:
     #: Outcomes already delivered to the queue are deleted from the outbox after this long.
     keep_sent_outcomes_seconds: float = 24 * 3600.0
     sweep_interval_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        _positive(
+            self,
+            "retention",
+            "keep_finished_seconds",
+            "redact_phone_after_seconds",
+            "keep_sent_outcomes_seconds",
+            "sweep_interval_seconds",
+        )
 
 
 @dataclass(frozen=True)
@@ -125,105 +193,28 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
 
 
-#: Conventional variable names honoured when the VERIFY_* one is not set.
-ALIASES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("sms", "account_sid"): ("TWILIO_ACCOUNT_SID",),
-    ("sms", "auth_token"): ("TWILIO_AUTH_TOKEN",),
-    ("queue", "endpoint_url"): ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL"),
-    ("queue", "region"): ("AWS_REGION", "AWS_DEFAULT_REGION"),
+#: Conventional variable names honoured when the VERIFY_* one is not set, by section and key.
+ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "sms": {"account_sid": ("TWILIO_ACCOUNT_SID",), "auth_token": ("TWILIO_AUTH_TOKEN",)},
+    "queue": QUEUE_ALIASES,
 }
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read `path` (a missing default file is fine, a missing named file is not) and the env."""
-    env = os.environ if env is None else env
-    tables: dict[str, Any] = {}
-    if path is not None:
-        file = Path(path)
-        if not file.exists():
-            raise ConfigError(f"Config file '{file}' does not exist.")
-        try:
-            tables = tomllib.loads(file.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"Config file '{file}' is not valid TOML: {exc}") from exc
-    return settings_from(tables, env)
+    return settings_from(read_config(path), os.environ if env is None else env)
 
 
 def settings_from(tables: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    # The loader is notifier's, which reads its own [queue] the same way: one loader, two users.
     unknown = set(tables) - {f.name for f in dataclasses.fields(Settings)}
     if unknown:
         raise ConfigError(f"Config has unknown section(s): {', '.join(sorted(unknown))}.")
     sections = {}
     for f in dataclasses.fields(Settings):
-        cls = get_type_hints(Settings)[f.name]
         table = tables.get(f.name, {})
         if not isinstance(table, Mapping):
             raise ConfigError(f"Config '[{f.name}]' must be a table.")
-        sections[f.name] = _section(cls, f.name, table, env)
+        cls = get_type_hints(Settings)[f.name]
+        sections[f.name] = section(cls, f.name, table, env, ALIASES.get(f.name))
     return Settings(**sections)
-
-
-def env_names(section: str, key: str) -> tuple[str, ...]:
-    """The variables that set `[section] key`, the project's own first."""
-    own = f"{ENV_PREFIX}_{section}_{key}".upper()
-    return (own, *ALIASES.get((section, key), ()))
-
-
-def _section(cls: type[Any], section: str, table: Mapping[str, Any], env: Mapping[str, str]) -> Any:
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(table) - names
-    if unknown:
-        raise ConfigError(f"Config '[{section}]' has unknown key(s): {', '.join(sorted(unknown))}.")
-    values: dict[str, Any] = {}
-    for name in names:
-        raw = _from_env(section, name, env)
-        if raw is not None:
-            values[name] = _coerce(hints[name], raw, f"{section}.{name}", from_env=True)
-        elif name in table:
-            values[name] = _coerce(hints[name], table[name], f"{section}.{name}", from_env=False)
-    return cls(**values)
-
-
-def _from_env(section: str, key: str, env: Mapping[str, str]) -> str | None:
-    for name in env_names(section, key):
-        if env.get(name, "") != "":
-            return env[name]
-    return None
-
-
-def _coerce(hint: Any, raw: Any, where: str, *, from_env: bool) -> Any:
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        hint = next(a for a in get_args(hint) if a is not type(None))
-        origin = get_origin(hint)
-    if origin is tuple:
-        item = get_args(hint)[0]
-        items = [p.strip() for p in raw.split(",") if p.strip()] if from_env else raw
-        if not isinstance(items, list):
-            raise ConfigError(f"Config '{where}' must be a list.")
-        return tuple(_coerce(item, i, where, from_env=from_env) for i in items)
-    try:
-        if hint is bool:
-            return _boolean(raw)
-        if hint in (int, float):
-            if isinstance(raw, bool):
-                raise ValueError
-            return hint(raw)
-        if hint in (str, Secret):
-            if not isinstance(raw, str):
-                raise ValueError
-            return hint(raw)
-    except ValueError:
-        raise ConfigError(f"Config '{where}' must be a {hint.__name__}, not {raw!r}.") from None
-    raise ConfigError(f"Config '{where}' has a type the loader does not know: {hint}.")
-
-
-def _boolean(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError

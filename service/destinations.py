@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import phonenumbers
 from phonenumbers import PhoneNumberType
 
-from service.config import LimitSettings
 from service.errors import ConfigError, Unprocessable
+
+if TYPE_CHECKING:  # the settings check themselves with this module: no import at run time
+    from service.config import LimitSettings
 
 log = logging.getLogger(__name__)
 

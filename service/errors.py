@@ -24,6 +24,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+# One class for the service and notifier/, which loads settings the same way but stands alone.
+from notifier.settings import ConfigError as ConfigError
+
 if TYPE_CHECKING:
     from service.models import Verification
 
@@ -110,8 +113,4 @@ class SmsRejected(SmsError):
 
 
 class SmsUnavailable(SmsError):
-    pass
-
-
-class ConfigError(Exception):
     pass

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
 
 from service.config import LimitSettings
 from service.destinations import Destinations
 from service.errors import ConfigError, RateLimited, Unprocessable
-
-Clock = Callable[[], float]
-
+from service.models import Clock
+from service.observers import IGNORED, Observer
 
 #: Windows allowing at most this many events keep them in a tuple: a deque costs 600 bytes even
 #: empty, and the per-number window has an entry for every verification still waiting.
@@ -81,21 +79,10 @@ class SlidingWindow:
             del self._events[key]
 
 
-def check_settings(settings: LimitSettings) -> None:
-    """Refuse limits that cannot mean what they say (0 SMS per window would refuse every start)."""
-    for name in (
-        "sms_per_phone",
-        "sms_per_phone_window_seconds",
-        "starts_per_key_per_minute",
-        "sms_per_minute",
-    ):
-        if getattr(settings, name) <= 0:
-            raise ConfigError(f"Config 'limits.{name}' must be positive.")
-    Destinations.from_settings(settings)
-
-
 class Limits:
-    def __init__(self, settings: LimitSettings, clock: Clock = time.time) -> None:
+    def __init__(
+        self, settings: LimitSettings, clock: Clock = time.time, observer: Observer = IGNORED
+    ) -> None:
         self._settings = settings
         self._clock = clock
         self._destinations = Destinations.from_settings(settings)
@@ -107,7 +94,7 @@ class Limits:
         self._budget = SlidingWindow(settings.sms_per_minute, 60.0)
         self._last_sweep = clock()
         #: Called with the reason of every refusal (metrics).
-        self.on_refused: Callable[[str], None] = lambda reason: None
+        self._observer = observer
 
     def admit(self, phone: str, caller: str) -> float:
         """Count one SMS to `phone` for `caller`, or raise without counting anything.
@@ -153,7 +140,7 @@ class Limits:
         return True
 
     def _refuse(self, reason: str) -> None:
-        self.on_refused(reason)
+        self._observer.refused(reason)
 
     def _sweep(self, now: float) -> None:
         if now - self._last_sweep < 60:

@@ -1,8 +1,9 @@
 """Prometheus metrics, in a registry of the app's own, served at /metrics.
 
-Counters are bumped by the domain's hooks (`Orchestrator.on_*`, `Limits.on_refused`, the
-publisher's and retention's); the outbox gauges are read from the store when Prometheus scrapes:
-a count the store keeps and one indexed row, never a scan on the request path.
+Counters are bumped through the `Observer` protocol (`service.observers`), which `Metrics`
+implements and the domain's modules take in their constructors; the outbox gauges are read from
+the store when Prometheus scrapes: a count the store keeps and one indexed row, never a scan on
+the request path.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prometheus_client import (
 
 from service.api.keys import store_key
 from service.models import Verification
-from service.store.sqlite.store import Store
+from service.store import Store
 from service.validation import country_code
 
 #: Methods kept as they are in the latency label; any other (clients may send any token) is

@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+
+#: Unix seconds now; every module takes one, so tests and the store can be given another.
+Clock = Callable[[], float]
 
 
 class Status(StrEnum):

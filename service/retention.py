@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable
 
 from service.config import RetentionSettings
-from service.orchestrator.orchestrator import Clock
-from service.store.sqlite.store import Purged, Store
+from service.models import Clock
+from service.store import Purged, Store
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,6 @@ from service.sms.twilio import TwilioSender
 
 logger = logging.getLogger(__name__)
 
-SENDERS = ("twilio", "console", "auto")
-
 
 class SmsSender(Protocol):
     async def send(self, to: str, body: str) -> str:
@@ -46,9 +44,6 @@ def create_sender(settings: SmsSettings, *, has_api_keys: bool) -> SmsSender:
 
 
 def _wants_twilio(settings: SmsSettings, has_api_keys: bool) -> bool:
-    if settings.sender not in SENDERS:
-        choices = ", ".join(f"'{s}'" for s in SENDERS)
-        raise ConfigError(f"Config 'sms.sender' must be one of {choices}, not {settings.sender!r}.")
     if settings.sender != "auto":
         return settings.sender == "twilio"
     has_sid, has_token = bool(settings.account_sid), bool(settings.auth_token)

@@ -119,6 +119,7 @@ async def test_number_types_are_configurable(
     assert (await post(every_type, example("GB", PhoneNumberType.PREMIUM_RATE)))[0] == 202
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("setting", "raw", "named"),
     [

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from typing import Any
 
 import pytest
 
 from tests.support.api import AUTH, MakeClient, MakeSettings, start
+from tests.support.database import database
 from tests.support.metrics import scrape, value
 from tests.support.twilio import TwilioServer
 
@@ -38,7 +38,7 @@ async def test_finished_rows_are_masked_then_purged(
     await twilio.wait_for_message(PHONE)
     await client.delete(f"/verifications/{view['id']}", headers=AUTH)
     # Publishing is off in tests, so the outcome is undelivered: pretend the queue took it.
-    with sqlite3.connect(settings.database.path) as db:
+    with database(settings.database.path) as db:
         db.execute("UPDATE outbox SET sent_at = created_at")
 
     await asyncio.sleep(0.5)
@@ -48,12 +48,12 @@ async def test_finished_rows_are_masked_then_purged(
     await asyncio.sleep(1.0)
     status, _ = await status_of(client, view["id"])
     assert status == 404
-    with sqlite3.connect(settings.database.path) as db:
+    with database(settings.database.path) as db:
         assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
 
 
 def outbox(path: str) -> list[tuple[str, Any, str]]:
-    with sqlite3.connect(path) as db:
+    with database(path) as db:
         return db.execute("SELECT verification_id, sent_at, body FROM outbox").fetchall()
 
 
@@ -76,7 +76,7 @@ async def test_delivered_outcomes_go_after_their_own_retention(
     )
     client = await make_client(settings)
     verification_id = await finished(client, twilio)
-    with sqlite3.connect(settings.database.path) as db:
+    with database(settings.database.path) as db:
         db.execute("UPDATE outbox SET sent_at = created_at")
 
     await asyncio.sleep(0.8)
@@ -134,11 +134,11 @@ async def test_idempotency_keys_are_forgotten_with_finished_verifications(
     )
     client = await make_client(settings)
     await finished(client, twilio, **{"Idempotency-Key": "signup-42"})
-    with sqlite3.connect(settings.database.path) as db:
+    with database(settings.database.path) as db:
         assert db.execute("SELECT count(*) FROM idempotency_keys").fetchone()[0] == 1
 
     await asyncio.sleep(0.8)
-    with sqlite3.connect(settings.database.path) as db:
+    with database(settings.database.path) as db:
         assert db.execute("SELECT count(*) FROM idempotency_keys").fetchone()[0] == 0
 
 
@@ -151,7 +151,7 @@ async def test_outbox_depth_is_kept_by_the_store_not_counted_at_each_scrape(
         await finished(client, twilio, phone)
     assert value(await scrape(client), "outbox_depth") == 2
     # A record added behind the store's back is not seen: /metrics counts no rows...
-    with sqlite3.connect(settings.database.path) as db:
+    with database(settings.database.path) as db:
         db.execute(
             "INSERT INTO outbox (verification_id, status, body, created_at)"
             " SELECT 'VE-by-hand', status, body, created_at FROM outbox LIMIT 1"

@@ -23,6 +23,8 @@ from tests.support.api import API_KEY, AUTH
 from tests.support.process import ServiceProcess, request
 from tests.support.twilio import TwilioServer
 
+pytestmark = pytest.mark.slow  # each test runs the service as a process
+
 GRACE = 2.0
 #: What a stop may take beyond the grace: the cleanup's second, and slack for a busy machine.
 STOP_SLACK = 1.5

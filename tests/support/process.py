@@ -96,7 +96,8 @@ def run_to_exit(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[s
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("VERIFY_", "TWILIO_"))}
     return subprocess.run(
         [sys.executable, "-m", "service"],
-        env={**clean, **env},
+        # This checkout's service, even where the one installed is another's (a worktree's).
+        env={**clean, "PYTHONPATH": str(ROOT), **env},
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -14,6 +14,8 @@ import pytest
 from tests.support.api import API_KEY, AUTH
 from tests.support.process import ROOT, ServiceProcess, request, run_to_exit
 
+pytestmark = pytest.mark.slow  # each test runs the service as a process
+
 PHONE = "+14155550100"
 
 

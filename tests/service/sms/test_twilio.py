@@ -185,7 +185,6 @@ async def test_create_sender_chooses(changes: dict[str, Any], expected: type) ->
             },
             "'sms.from_number' or 'sms.messaging_service_sid'",
         ),
-        ({"sender": "carrier-pigeon"}, "'sms.sender'"),
     ],
 )
 def test_create_sender_refuses_incomplete_config(changes: dict[str, Any], named: str) -> None:

@@ -28,6 +28,8 @@ from service.errors import SmsRejected
 from service.sms.twilio import TwilioSender
 from tests.support.process import free_port
 
+pytestmark = pytest.mark.slow  # Prism, and the fake Twilio as a process
+
 REPO = Path(__file__).resolve().parents[3]
 SPEC = REPO.parent / "shared/twilio/twilio_api_v2010.json"
 PRISM = REPO / ".tools/prism/node_modules/.bin/prism"
