@@ -11,7 +11,7 @@ FAST ?= not slow
 # Other Pythons the suite runs on (`make test-3.13`), each in its own .venv-<version>.
 OTHER_PYTHONS := 3.12 3.13
 
-.PHONY: all install run test test-fast $(OTHER_PYTHONS:%=test-%) lint format typecheck bench localstack prism clean
+.PHONY: all install run test test-fast test-postgres $(OTHER_PYTHONS:%=test-%) lint format typecheck bench localstack prism clean
 
 all: lint typecheck test
 
@@ -44,6 +44,27 @@ test: install localstack prism
 ## The fast part: no LocalStack, no Prism, no process of the service (the tests marked slow).
 test-fast: install
 	$(BIN)/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
+
+## The HTTP-level tests with each test's store in a new PostgreSQL database (VERIFY_TEST_STORE):
+## those that see the store only through make_client; POSTGRES_SKIP open the SQLite file (to
+## count rows, or to lock it), so mean nothing here.
+## The server is started by the tests (Debian's postgresql-15); VERIFY_TEST_DATABASE_URL names one.
+POSTGRES_TESTS := tests/service/api tests/service/sms/test_challenge.py \
+	tests/service/orchestrator/test_orchestrator.py tests/service/orchestrator/test_starts.py \
+	tests/service/test_destinations.py tests/service/test_limits.py \
+	tests/service/test_metrics.py tests/service/test_phone_numbers.py
+POSTGRES_SKIP := \
+	tests/service/api/v1/test_views.py::test_bad_start_is_refused_and_changes_nothing \
+	tests/service/api/v1/test_views.py::test_body_too_large_is_refused_before_reading \
+	tests/service/orchestrator/test_orchestrator.py::test_every_final_status_writes_one_outcome \
+	tests/service/orchestrator/test_orchestrator.py::test_concurrent_right_codes_approve_once \
+	tests/service/orchestrator/test_orchestrator.py::test_code_racing_the_deadline_decides_once \
+	tests/service/orchestrator/test_starts.py::test_concurrent_starts_for_one_number_make_one_verification \
+	tests/service/orchestrator/test_starts.py::test_commands_waiting_for_one_verification_are_capped \
+	tests/service/orchestrator/test_starts.py::test_a_start_the_database_refused_is_not_counted_against_the_limits
+
+test-postgres: install
+	VERIFY_TEST_STORE=postgres $(BIN)/python -m pytest $(POSTGRES_TESTS) $(POSTGRES_SKIP:%=--deselect %) $(PYTEST_ARGS)
 
 ## The fast part on another Python: `make test-3.13` (`make test-3.13 FAST=` for all of it).
 ## The interpreter is python3.13, else pyenv's 3.13.x; PYTHON_3.13=... names another.

@@ -1,7 +1,12 @@
-"""Fixtures: the app over real HTTP, a real SQLite file, the real twilio SDK to a local server."""
+"""Fixtures: the app over real HTTP, a real SQLite file, the real twilio SDK to a local server.
+
+`VERIFY_TEST_STORE=postgres` puts each test's store in a new PostgreSQL database instead of the
+SQLite file (`make test-postgres`); the file's path still places the secret file beside it.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +20,7 @@ from service.config import Settings, settings_from
 from tests.support.api import API_KEY, MakeClient, MakeSettings
 from tests.support.twilio import TwilioServer
 
-pytest_plugins = ["tests.support.localstack"]
+pytest_plugins = ["tests.support.localstack", "tests.support.postgres"]
 
 
 @pytest.fixture
@@ -24,13 +29,44 @@ async def twilio() -> AsyncIterator[TwilioServer]:
         yield server
 
 
+#: The stores `VERIFY_TEST_STORE` may name; the first is the default.
+TEST_STORES = ("sqlite", "postgres")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # With PostgreSQL behind make_settings, a test using it needs the server: slow, as
+    # tests.support.postgres marks the tests that ask for the server themselves.
+    if chosen_store() == "postgres":
+        for item in items:
+            if "make_settings" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.slow)
+
+
+def chosen_store() -> str:
+    store = os.environ.get("VERIFY_TEST_STORE", "") or TEST_STORES[0]
+    if store not in TEST_STORES:
+        raise pytest.UsageError(
+            f"VERIFY_TEST_STORE={store!r} names no store; it is one of {', '.join(TEST_STORES)}."
+        )
+    return store
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path, twilio: TwilioServer) -> MakeSettings:
+def store_url(request: pytest.FixtureRequest) -> str:
+    """`database.url` for one test: empty (the SQLite file) or a new PostgreSQL database."""
+    if chosen_store() == "postgres":
+        url: str = request.getfixturevalue("postgres_database_url")
+        return url
+    return ""
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, twilio: TwilioServer, store_url: str) -> MakeSettings:
     """Settings for one test: its own database, the local Twilio, quick retries, no queue."""
 
     def make(**sections: dict[str, Any]) -> Settings:
         tables: dict[str, dict[str, Any]] = {
-            "database": {"path": str(tmp_path / "verifications.db")},
+            "database": {"path": str(tmp_path / "verifications.db"), "url": store_url},
             "verification": {"ttl_seconds": 30.0},
             "sms": {
                 "sender": "twilio",

@@ -1,8 +1,9 @@
 """Durable state behind one interface (`base.Store`), the database chosen by `database.url`.
 
-`open_store` reads the URL's scheme and opens that backend, as dbos's `SystemDatabase.create()`
-picks its SQLite or PostgreSQL system database; the backend is imported only when chosen, so one
-never needs the other's driver. A new database is a package beside `sqlite/` and a branch here.
+`open_store` reads the URL's scheme and opens that backend (`sqlite/` or `postgres/`), as dbos's
+`SystemDatabase.create()` picks its SQLite or PostgreSQL system database; the backend is imported
+only when chosen, so one never needs the other's driver. A new database is a package beside them
+and a branch here.
 """
 
 from __future__ import annotations
@@ -24,17 +25,27 @@ __all__ = [
     "Store",
     "check_url",
     "database_url",
+    "is_postgres",
     "open_store",
     "sqlite_path",
 ]
 
 #: How the URL is written in what the errors say: SQLAlchemy's spelling.
 SQLITE_FORMS = "sqlite:///relative/path or sqlite:////absolute/path"
+POSTGRES_FORM = "postgresql://user:password@host:port/database"
+URL_FORMS = f"{SQLITE_FORMS}, or {POSTGRES_FORM}"
+#: The schemes libpq (and so asyncpg) reads as PostgreSQL.
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 async def open_store(settings: DatabaseSettings, clock: Clock) -> Store:
     """Open the store `settings` name; raise ConfigError, naming the key, if it cannot be."""
-    path = sqlite_path(database_url(settings))
+    url = database_url(settings)
+    if is_postgres(url):
+        from service.store.postgres.store import PostgresStore
+
+        return await PostgresStore.open(url, clock=clock, lock_timeout_ms=settings.busy_timeout_ms)
+    path = sqlite_path(url)
     from service.store.sqlite.store import SqliteStore
 
     return await SqliteStore.open(path, clock=clock, busy_timeout_ms=settings.busy_timeout_ms)
@@ -47,7 +58,14 @@ def database_url(settings: DatabaseSettings) -> str:
 
 def check_url(url: str) -> None:
     """Refuse, with a ConfigError naming the key, a URL that no store here opens."""
-    sqlite_path(url)
+    if not is_postgres(url):
+        sqlite_path(url)
+
+
+def is_postgres(url: str) -> bool:
+    """Whether `url` names a PostgreSQL database (postgresql:// or postgres://)."""
+    scheme, separator, _ = url.partition("://")
+    return bool(separator) and scheme.lower() in POSTGRES_SCHEMES
 
 
 def sqlite_path(url: str) -> str:
@@ -58,15 +76,16 @@ def sqlite_path(url: str) -> str:
     scheme, separator, rest = url.partition("://")
     scheme = scheme.lower()
     if not separator:
-        raise ConfigError(f"Config 'database.url' must be a URL: {SQLITE_FORMS}.")
-    if scheme in ("postgres", "postgresql") or scheme.startswith("postgresql+"):
+        raise ConfigError(f"Config 'database.url' must be a URL: {URL_FORMS}.")
+    if scheme.startswith("postgresql+"):
+        # SQLAlchemy's driver suffix: asyncpg, the one driver here, reads the plain scheme.
         raise ConfigError(
-            f"Config 'database.url' names PostgreSQL, which is not supported yet: {SQLITE_FORMS}."
+            f"Config 'database.url' names PostgreSQL with a driver ('{scheme}'); write it"
+            f" without one: {POSTGRES_FORM}."
         )
     if scheme != "sqlite":
         raise ConfigError(
-            f"Config 'database.url' has the scheme '{scheme}', which is not supported:"
-            f" {SQLITE_FORMS}."
+            f"Config 'database.url' has the scheme '{scheme}', which is not supported: {URL_FORMS}."
         )
     # sqlite:/// then the path: a host (sqlite://host/...) or query (?mode=ro) is not ours.
     if not rest.startswith("/") or rest == "/" or "?" in rest:

@@ -34,7 +34,6 @@ def test_without_a_url_the_path_is_the_database() -> None:
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("postgresql://verify:hunter2@db/verify", "names PostgreSQL, which is not supported yet"),
         ("postgresql+asyncpg://verify:hunter2@db/verify", "names PostgreSQL"),
         ("mysql://verify:hunter2@db/verify", "has the scheme 'mysql', which is not supported"),
         ("verifications.db", "must be a URL"),
@@ -49,6 +48,12 @@ def test_other_urls_are_refused_at_load_naming_the_key(url: str, says: str) -> N
         settings_from({"database": {"url": url}}, env={})
     assert says in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_postgresql_urls_are_taken(scheme: str) -> None:
+    url = f"{scheme}://verify:hunter2@db/verify"
+    assert database_url(settings_from({"database": {"url": url}}, env={}).database) == url
 
 
 def test_the_url_comes_from_the_environment_too() -> None:

@@ -1,0 +1,1 @@
+"""The store on PostgreSQL (asyncpg): the same tables and transitions as `sqlite/`, for replicas."""

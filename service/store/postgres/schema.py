@@ -1,0 +1,103 @@
+"""The PostgreSQL schema: migrations as an ordered list, and the one safe way to apply them.
+
+The tables and columns are SQLite's (`service.store.sqlite.schema`), in PostgreSQL's types: times
+are `double precision` Unix seconds like SQLite's REAL, digests and salts `bytea`. Several
+replicas may start at once: each migration runs in a transaction that first takes one advisory
+lock, then reads the version again, so exactly one of them applies it and the others see it done.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg  # type: ignore[import-untyped]
+
+log = logging.getLogger(__name__)
+
+#: Any constant, the same in every replica: the key of the advisory lock migrations hold.
+MIGRATION_LOCK = 0x7665726966790001
+
+#: Ordered migrations; the database records how many it has applied (`schema_version`).
+#: PostgreSQL starts at SQLite's present shape: there was never an older one to migrate from.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE verifications (
+        id text PRIMARY KEY,
+        phone text NOT NULL,
+        reference text,
+        status text NOT NULL,
+        salt bytea NOT NULL,
+        attempts_left integer NOT NULL,
+        attempts integer NOT NULL,
+        created_at double precision NOT NULL,
+        expires_at double precision NOT NULL,
+        completed_at double precision,
+        sms_sent_at double precision,
+        sms_id text,
+        reason text,
+        -- The fingerprint of the API key that started it; '-' when authentication is off.
+        owner text NOT NULL DEFAULT '-',
+        phone_redacted boolean NOT NULL DEFAULT false
+    );
+    -- Recovery reads only pending rows; a partial index keeps that cheap with millions finished.
+    CREATE INDEX verifications_pending ON verifications (id) WHERE status = 'pending';
+    -- Retention walks finished rows by age; the second index forgets rows once masked.
+    CREATE INDEX verifications_finished ON verifications (completed_at) WHERE status <> 'pending';
+    CREATE INDEX verifications_unredacted ON verifications (completed_at)
+        WHERE status <> 'pending' AND NOT phone_redacted;
+
+    -- Idempotency keys of every start, the ones that resent a pending verification included;
+    -- the request is kept as a digest of its phone and reference, never in the clear.
+    CREATE TABLE idempotency_keys (
+        key text PRIMARY KEY,
+        verification_id text NOT NULL,
+        request_hash bytea NOT NULL,
+        created_at double precision NOT NULL
+    );
+    CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+
+    CREATE TABLE outbox (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        -- UNIQUE: a verification has exactly one outcome, whatever retries happen above.
+        verification_id text NOT NULL UNIQUE REFERENCES verifications (id),
+        status text NOT NULL,
+        body text NOT NULL,
+        created_at double precision NOT NULL,
+        sent_at double precision,
+        -- A record the queue refused is tried again later, with back-off, not blocking others.
+        attempts integer NOT NULL DEFAULT 0,
+        next_attempt_at double precision NOT NULL DEFAULT 0,
+        last_error text
+    );
+    CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;
+    CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
+    CREATE INDEX outbox_due ON outbox (next_attempt_at, seq) WHERE sent_at IS NULL;
+    """,
+)
+
+
+async def migrate(db: asyncpg.Connection) -> int:
+    """Apply the migrations the database has not had yet, in order; the version it is at.
+
+    Safe to run from any number of connections at once, and again: the advisory lock is
+    transaction-scoped, so it is released by the commit (or by the server if the connection
+    dies) and never outlives the migration, whatever the pool does with the connection after.
+    """
+    while True:
+        async with db.transaction():
+            await db.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            # Under the lock: two replicas creating it at once would collide on the catalog.
+            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+            version = await db.fetchval("SELECT version FROM schema_version") or 0
+            if version >= len(MIGRATIONS):
+                if version > len(MIGRATIONS):
+                    log.warning(
+                        "database is at version %d, newer than this replica's %d",
+                        version,
+                        len(MIGRATIONS),
+                    )
+                return int(version)
+            await db.execute(MIGRATIONS[version])
+            await db.execute("DELETE FROM schema_version")
+            await db.execute("INSERT INTO schema_version (version) VALUES ($1)", version + 1)
+        log.info("database migrated to version %d", version + 1)

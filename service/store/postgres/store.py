@@ -1,0 +1,569 @@
+"""The PostgreSQL store: SQLite's tables and transitions, in SQL for asyncpg and its pool.
+
+Each method is one transaction, most of them one statement: PostgreSQL commits concurrent
+transactions together itself, so SQLite's group commit has nothing to add here. Every transition
+is conditional in its own statement (`status = 'pending'`, and the attempts a caller saw), so it
+holds whoever else writes meanwhile. The schema and its migrations are in `schema`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg  # type: ignore[import-untyped]
+
+from service.errors import StoreUnavailable
+from service.models import Clock, Status, Verification
+from service.store.base import Decided, KeyHolder, OutboxRecord, Purged
+from service.store.postgres.schema import migrate
+
+T = TypeVar("T")
+Work = Callable[[asyncpg.Connection], Awaitable[T]]
+
+#: The database's state, not the program's: trying again later may work. The rest (a unique
+#: or foreign key violated, a syntax error, a wrong type) is a bug, and is raised as it is.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable; TimeoutError (the command timeout) is one too
+    asyncpg.PostgresConnectionError,  # class 08: the connection failed or was lost
+    asyncpg.exceptions.InsufficientResourcesError,  # 53: disk full, memory, too many connections
+    asyncpg.exceptions.OperatorInterventionError,  # 57: shutting down, cannot connect now
+    asyncpg.exceptions.PostgresSystemError,  # 58: an I/O error
+    asyncpg.exceptions.TransactionRollbackError,  # 40: deadlock, serialization failure
+    asyncpg.exceptions.LockNotAvailableError,  # 55P03: waited lock_timeout for a row lock
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: a standby, during a failover
+)
+
+COLUMNS = (
+    "id, phone, reference, status, salt, attempts_left, attempts, created_at, expires_at,"
+    " completed_at, sms_sent_at, sms_id, reason, owner"
+)
+INSERT_VERIFICATION = (
+    f"INSERT INTO verifications ({COLUMNS})"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+)
+SELECT_VERIFICATION = f"SELECT {COLUMNS} FROM verifications WHERE id = $1"
+
+# One statement: the conditional UPDATE of each verification still pending, and the outcome of
+# each one it changed, in the order given. A replica deciding the same row meanwhile holds its
+# lock; once it commits, the row is re-read and no longer pending, so it is not changed twice.
+FINISH = """
+    WITH decided AS (
+        SELECT * FROM unnest(
+            $1::text[], $2::text[], $3::integer[], $4::integer[], $5::double precision[],
+            $6::text[], $7::text[]
+        ) WITH ORDINALITY AS d (id, status, attempts_left, attempts, completed_at, reason, body, n)
+    ), applied AS (
+        UPDATE verifications AS v SET status = d.status, attempts_left = d.attempts_left,
+            attempts = d.attempts, completed_at = d.completed_at, reason = d.reason
+        FROM decided AS d WHERE v.id = d.id AND v.status = 'pending'
+        RETURNING v.id, v.status, d.body, d.n
+    ), outcomes AS (
+        INSERT INTO outbox (verification_id, status, body, created_at)
+        SELECT id, status, body, $8 FROM applied ORDER BY n
+        ON CONFLICT (verification_id) DO NOTHING
+    )
+    SELECT id FROM applied
+"""
+SHORTEN = """
+    UPDATE verifications AS v SET expires_at = s.expires_at
+    FROM unnest($1::text[], $2::double precision[]) AS s (id, expires_at)
+    WHERE v.id = s.id AND v.status = 'pending' AND v.expires_at > s.expires_at
+"""
+
+OUTBOX_COLUMNS = "seq, verification_id, status, body, attempts"
+#: Records due again after a refusal, by when they are due, then those never refused, oldest
+#: first: both halves walk the index `outbox_due` from a start, so a read costs `limit` rows.
+DUE = f"""
+    SELECT {OUTBOX_COLUMNS} FROM (
+        (SELECT 0 AS part, next_attempt_at, {OUTBOX_COLUMNS} FROM outbox
+         WHERE sent_at IS NULL AND next_attempt_at > 0 AND next_attempt_at <= $1
+         ORDER BY next_attempt_at, seq LIMIT $2)
+        UNION ALL
+        (SELECT 1, next_attempt_at, {OUTBOX_COLUMNS} FROM outbox
+         WHERE sent_at IS NULL AND next_attempt_at = 0 ORDER BY seq LIMIT $2)
+    ) AS due ORDER BY part, next_attempt_at, seq LIMIT $2
+"""
+#: What of a refusal's error the outbox keeps.
+MAX_ERROR_LENGTH = 500
+
+#: A purge works in chunks of this many rows per statement, so it never holds locks long.
+PURGE_CHUNK = 200
+# Keeps the first two digits and the last two: enough for support, too little to call. The
+# conditions are repeated outside: a row another replica masked meanwhile is re-read, and left.
+REDACT_PHONES = f"""
+    UPDATE verifications
+    SET phone = substr(phone, 1, 3) || '*****' || right(phone, 2), phone_redacted = true
+    WHERE id IN (
+        SELECT id FROM verifications
+        WHERE status <> 'pending' AND NOT phone_redacted AND completed_at < $1
+        LIMIT {PURGE_CHUNK})
+      AND NOT phone_redacted
+    RETURNING id, phone
+"""
+# Only the oldest chunk of unsent records is looked at (seq follows creation), so a sweep costs
+# the same however many wait while the queue is off or down.
+DROP_UNDELIVERED = f"""
+    DELETE FROM outbox WHERE seq IN (
+        SELECT seq FROM (
+            SELECT seq, created_at FROM outbox WHERE sent_at IS NULL
+            ORDER BY seq LIMIT {PURGE_CHUNK}) AS oldest
+        WHERE created_at < $1)
+    RETURNING seq
+"""
+PURGE_SENT_OUTCOMES = f"""
+    DELETE FROM outbox WHERE seq IN (
+        SELECT seq FROM outbox WHERE sent_at < $1 LIMIT {PURGE_CHUNK})
+"""
+PURGE_FINISHED = f"""
+    DELETE FROM verifications WHERE id IN (
+        SELECT id FROM verifications AS v
+        WHERE status <> 'pending' AND completed_at < $1
+          AND NOT EXISTS (SELECT 1 FROM outbox WHERE verification_id = v.id)
+        LIMIT {PURGE_CHUNK})
+"""
+PURGE_IDEMPOTENCY_KEYS = f"""
+    DELETE FROM idempotency_keys WHERE key IN (
+        SELECT key FROM idempotency_keys WHERE created_at < $1 LIMIT {PURGE_CHUNK})
+"""
+
+
+class PostgresStore:
+    """The `Store` on a PostgreSQL database, through a pool of asyncpg connections.
+
+    Open with `await PostgresStore.open(url, clock=...)`; close with `await store.close()`.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, unsent: int) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._closed = False
+        self._failing_since: float | None = None
+        #: Writes under way: close waits for them, as a caller that gave up did not stop them.
+        self._writing: set[asyncio.Task[Any]] = set()
+        #: Called after an outcome is committed to the outbox (the publisher's wake-up).
+        self.on_outcome: Callable[[], None] = lambda: None
+        #: Unsent outcomes, so /metrics needs no count over them: counted at open, then changed
+        #: by each of this process's writes that changes it (one replica: see `outbox_depth`).
+        self._unsent = unsent
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        clock: Clock,
+        lock_timeout_ms: int = 5000,
+        command_timeout: float = 30.0,
+        min_size: int = 2,
+        max_size: int = 10,
+    ) -> PostgresStore:
+        """Connect, migrate the schema (once, whatever other replicas start meanwhile), count."""
+        try:
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                # A statement that hangs (a partition, a stuck server) fails after this long.
+                command_timeout=command_timeout,
+                # asyncpg's default reset sends four statements on every release (advisory
+                # unlocks, CLOSE ALL, UNLISTEN, RESET ALL); nothing here leaves session state
+                # behind (advisory locks are transaction-scoped), so a release sends nothing.
+                # An open transaction is still rolled back by asyncpg before this is called.
+                reset=_keep_session,
+                server_settings={
+                    # SQLite's busy_timeout: a row lock is waited for this long, then 503.
+                    # At least 1 ms: 0 would mean waiting forever here.
+                    "lock_timeout": f"{max(int(lock_timeout_ms), 1)}ms",
+                    "application_name": "verification-service",
+                },
+            )
+        except TRANSIENT as exc:
+            raise _unavailable(exc) from exc
+        try:
+            async with pool.acquire() as db:
+                await migrate(db)
+                unsent = await db.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, TRANSIENT):
+                raise _unavailable(exc) from exc
+            raise
+        return cls(pool, clock, int(unsent))
+
+    async def close(self) -> None:
+        """Wait for the writes under way, then close the pool; later writes are refused."""
+        self._closed = True
+        if self._writing:
+            await asyncio.wait(set(self._writing))
+        await self._pool.close()
+
+    # -- verifications -------------------------------------------------------------------------
+
+    async def insert(
+        self, v: Verification, key: str | None = None, digest: bytes = b""
+    ) -> KeyHolder | None:
+        """Record a new verification and its idempotency key, if any, in one transaction.
+
+        If the key is already taken, nothing is written and its holder is returned instead.
+        """
+
+        async def write(db: asyncpg.Connection) -> KeyHolder | None:
+            async with db.transaction():
+                if key is not None:
+                    holder = await _claim_key(db, key, v.id, digest, v.created_at)
+                    if holder is not None:
+                        return holder
+                await db.execute(INSERT_VERIFICATION, *_row(v))
+            return None
+
+        return await self._write(write)
+
+    async def remember_key(
+        self, key: str, verification_id: str, digest: bytes, at: float
+    ) -> KeyHolder | None:
+        """Record that `key` was answered with an existing verification (a resend).
+
+        If the key is already taken, its holder is returned and nothing is written.
+        """
+
+        async def write(db: asyncpg.Connection) -> KeyHolder | None:
+            async with db.transaction():
+                return await _claim_key(db, key, verification_id, digest, at)
+
+        return await self._write(write)
+
+    async def get(self, verification_id: str) -> Verification | None:
+        row = await self._read(lambda db: db.fetchrow(SELECT_VERIFICATION, verification_id))
+        return _verification(row) if row is not None else None
+
+    async def by_idempotency_key(self, key: str) -> KeyHolder | None:
+        # A key outlives its verification by at most one retention sweep: then it is unused.
+        row = await self._read(
+            lambda db: db.fetchrow(
+                f"SELECT k.request_hash, {', '.join(f'v.{c}' for c in COLUMNS.split(', '))}"
+                " FROM idempotency_keys AS k JOIN verifications AS v ON v.id = k.verification_id"
+                " WHERE k.key = $1",
+                key,
+            )
+        )
+        if row is None:
+            return None
+        return KeyHolder(_verification(tuple(row)[1:]), bytes(row[0]))
+
+    async def pending(self) -> list[Verification]:
+        rows = await self._read(
+            lambda db: db.fetch(f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending'")
+        )
+        return [_verification(r) for r in rows]
+
+    async def sms_sent(self, v: Verification) -> bool:
+        """Checkpoint the SMS; False if the verification is no longer pending."""
+        return await self._update(
+            "UPDATE verifications SET sms_sent_at = $1, sms_id = $2"
+            " WHERE id = $3 AND status = 'pending'",
+            v.sms_sent_at,
+            v.sms_id,
+            v.id,
+        )
+
+    async def attempted(self, before: Verification, after: Verification) -> bool:
+        """Checkpoint a wrong code: attempts are spent in the database before the caller hears.
+
+        Conditional on the row being as `before` says, so a change made meanwhile by someone
+        else is never overwritten: then nothing is written and the answer is False.
+        """
+        return await self._update(
+            "UPDATE verifications SET attempts_left = $1, attempts = $2"
+            " WHERE id = $3 AND status = 'pending' AND attempts = $4",
+            after.attempts_left,
+            after.attempts,
+            after.id,
+            before.attempts,
+        )
+
+    async def shorten(self, verifications: Sequence[Verification]) -> None:
+        """Bring deadlines forward (never back): a clock set back must not stretch a code's life."""
+        earliest: dict[str, float] = {}
+        for v in verifications:
+            earliest[v.id] = min(v.expires_at, earliest.get(v.id, v.expires_at))
+        if not earliest:
+            return
+        ids, deadlines = list(earliest), list(earliest.values())
+        await self._write(lambda db: db.execute(SHORTEN, ids, deadlines))
+
+    async def finish(self, decided: Sequence[Decided]) -> set[str]:
+        """Write final states and their outbox records in one transaction (one statement).
+
+        Only verifications still pending change; the ids of those that did are returned, and
+        only they get an outcome: a verification is decided once, whatever retries happen.
+        """
+        first: dict[str, Decided] = {}
+        for d in decided:  # the first decision of a verification wins, as it would in order
+            first.setdefault(d.verification.id, d)
+        if not first:
+            return set()
+        columns: list[list[Any]] = [[], [], [], [], [], [], []]
+        for d in first.values():
+            v = d.verification
+            values = (
+                v.id, v.status.value, v.attempts_left, v.attempts, v.completed_at, v.reason,
+                d.outcome,
+            )  # fmt: skip
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        now = self._clock()
+
+        async def write(db: asyncpg.Connection) -> set[str]:
+            rows = await db.fetch(FINISH, *columns, now)
+            applied = {row[0] for row in rows}
+            if applied:
+                # Here, not after the shield: counted even if the caller has given up.
+                self._unsent += len(applied)  # one outbox record each
+                self.on_outcome()
+            return applied
+
+        return await self._write(write)
+
+    # -- the outbox -------------------------------------------------------------------------------
+
+    async def due(self, limit: int, now: float) -> list[OutboxRecord]:
+        """Unsent records due by `now`: those tried again after a refusal first, then the others,
+        oldest first, `limit` at most.
+        """
+        rows = await self._read(lambda db: db.fetch(DUE, now, limit))
+        return [OutboxRecord(*row) for row in rows]
+
+    async def mark_sent(self, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        now = self._clock()
+
+        async def write(db: asyncpg.Connection) -> None:
+            status = await db.execute(
+                "UPDATE outbox SET sent_at = $1 WHERE seq = ANY($2::bigint[]) AND sent_at IS NULL",
+                now,
+                list(seqs),
+            )
+            self._unsent -= _count(status)
+
+        await self._write(write)
+
+    async def defer(self, seq: int, until: float, error: str) -> None:
+        await self._update(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2"
+            " WHERE seq = $3 AND sent_at IS NULL",
+            until,
+            error[:MAX_ERROR_LENGTH],
+            seq,
+        )
+
+    async def next_due(self) -> float | None:
+        value = await self._read(
+            lambda db: db.fetchval(
+                "SELECT next_attempt_at FROM outbox WHERE sent_at IS NULL"
+                " ORDER BY next_attempt_at LIMIT 1"
+            )
+        )
+        return float(value) if value is not None else None
+
+    async def outbox_depth(self) -> tuple[int, float | None]:
+        """Unsent outcomes and the creation time of the oldest of them; no scan of them.
+
+        The count is this process's: right for one replica, which is what this store is so far.
+        """
+        oldest = await self._read(
+            lambda db: db.fetchval(
+                "SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT 1"
+            )
+        )
+        return self._unsent, oldest
+
+    # -- retention ------------------------------------------------------------------------------
+
+    async def purge(
+        self, *, finished_before: float, redact_before: float, sent_before: float
+    ) -> Purged:
+        """One chunk of retention: mask old phone numbers (in the outbox too), delete delivered
+        outcomes, drop undelivered ones older than `finished_before`, then delete finished
+        verifications without an outcome left, and old idempotency keys.
+        """
+
+        async def write(db: asyncpg.Connection) -> Purged:
+            async with db.transaction():
+                masked = await db.fetch(REDACT_PHONES, redact_before)
+                await _redact_outcomes(db, {row[0]: row[1] for row in masked})
+                dropped = len(await db.fetch(DROP_UNDELIVERED, finished_before))
+                touched = len(masked) + dropped
+                for sql, before in (
+                    (PURGE_SENT_OUTCOMES, sent_before),
+                    (PURGE_FINISHED, finished_before),
+                    (PURGE_IDEMPOTENCY_KEYS, finished_before),
+                ):
+                    touched += _count(await db.execute(sql, before))
+            self._unsent -= dropped
+            return Purged(touched, dropped)
+
+        return await self._write(write)
+
+    # -- health, and the pool ---------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed write until the next one that succeeds."""
+        return self._failing_since is None
+
+    async def probe(self) -> bool:
+        """Try a write that changes nothing; True if the database takes writes.
+
+        An UPDATE matching no row still needs a server that accepts writes: a standby, or a
+        server in read-only mode, refuses it, where a SELECT 1 would pass.
+        """
+        with contextlib.suppress(StoreUnavailable):
+            await self._write(
+                lambda db: db.execute("UPDATE schema_version SET version = version WHERE false")
+            )
+        return self.healthy
+
+    async def _update(self, sql: str, *args: Any) -> bool:
+        async def write(db: asyncpg.Connection) -> bool:
+            return _count(await db.execute(sql, *args)) == 1
+
+        return await self._write(write)
+
+    async def _read(self, work: Work[T]) -> T:
+        if self._closed:
+            raise StoreUnavailable("The database is closed: the service is stopping.")
+        try:
+            async with self._pool.acquire() as db:
+                return await work(db)
+        except TRANSIENT as exc:
+            raise _unavailable(exc) from exc
+
+    async def _write(self, work: Work[T]) -> T:
+        if self._closed:
+            raise StoreUnavailable("The database is closed: the service is stopping.")
+        task = asyncio.ensure_future(self._run(work))
+        self._writing.add(task)
+        task.add_done_callback(_settled(self._writing))
+        # Shielded: a caller that gives up must not stop the write, which may be committed.
+        return await asyncio.shield(task)
+
+    async def _run(self, work: Work[T]) -> T:
+        try:
+            async with self._pool.acquire() as db:
+                result = await work(db)
+        except TRANSIENT as exc:
+            if self._failing_since is None:
+                self._failing_since = self._clock()
+            raise _unavailable(exc) from exc
+        self._failing_since = None
+        return result
+
+
+async def _keep_session(db: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing to send (see `PostgresStore.open`)."""
+
+
+def _settled(writing: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        writing.discard(task)
+        # Retrieved, so that the write of a caller that gave up logs no "never retrieved".
+        if not task.cancelled():
+            task.exception()
+
+    return done
+
+
+async def _claim_key(
+    db: asyncpg.Connection, key: str, verification_id: str, digest: bytes, at: float
+) -> KeyHolder | None:
+    """Within the caller's transaction: take `key` for `verification_id`, or name its holder.
+
+    A replica claiming the same key meanwhile makes the INSERT wait for its commit; the key's
+    row is then locked, so that two replicas finding its verification purged do not both
+    take it over.
+    """
+    while True:
+        status = await db.execute(
+            "INSERT INTO idempotency_keys (key, verification_id, request_hash, created_at)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
+            key,
+            verification_id,
+            digest,
+            at,
+        )
+        if _count(status) == 1:
+            return None
+        held = await db.fetchrow(
+            "SELECT verification_id, request_hash FROM idempotency_keys WHERE key = $1 FOR UPDATE",
+            key,
+        )
+        if held is None:  # purged between the two statements: free again, claim it
+            continue
+        row = await db.fetchrow(SELECT_VERIFICATION, held[0])
+        if row is None:  # its verification was purged: the key is free again
+            await db.execute(
+                "UPDATE idempotency_keys SET verification_id = $1, request_hash = $2,"
+                " created_at = $3 WHERE key = $4",
+                verification_id,
+                digest,
+                at,
+                key,
+            )
+            return None
+        return KeyHolder(_verification(row), bytes(held[1]))
+
+
+async def _redact_outcomes(db: asyncpg.Connection, phones: dict[str, str]) -> None:
+    """Mask `to` in the outbox bodies of these verifications, as their rows now are.
+
+    In Python, not with jsonb_set: a body that is not JSON (hand-edited) is left as it is
+    instead of failing the sweep, and the body keeps its key order and compact form.
+    """
+    if not phones:
+        return
+    rows = await db.fetch(
+        "SELECT seq, verification_id, body FROM outbox WHERE verification_id = ANY($1::text[])",
+        list(phones),
+    )
+    rewritten = []
+    for seq, verification_id, body in rows:
+        try:
+            event = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            event["to"] = phones[verification_id]
+            rewritten.append((json.dumps(event, separators=(",", ":")), seq))
+    if rewritten:
+        await db.executemany("UPDATE outbox SET body = $1 WHERE seq = $2", rewritten)
+
+
+def _count(status: str) -> int:
+    """The rows a command changed, from its status ("UPDATE 1", "INSERT 0 1", "DELETE 3")."""
+    return int(status.rpartition(" ")[2])
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    # The message names the cause (refused, full, shutting down) without the URL or any data.
+    return StoreUnavailable(
+        f"The database is unavailable ({type(exc).__name__}: {exc}); try again shortly."
+    )
+
+
+def _row(v: Verification) -> tuple[Any, ...]:
+    # Spelled out: dataclasses.astuple deep-copies, and this runs for every start.
+    return (
+        v.id, v.phone, v.reference, v.status.value, v.salt, v.attempts_left, v.attempts,
+        v.created_at, v.expires_at, v.completed_at, v.sms_sent_at, v.sms_id, v.reason, v.owner,
+    )  # fmt: skip
+
+
+def _verification(row: Any) -> Verification:
+    # Columns are in field order; only the status needs turning back into its enum.
+    row = tuple(row)
+    return Verification(*row[:3], Status(row[3]), *row[4:])  # type: ignore[call-arg]
