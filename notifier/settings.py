@@ -64,6 +64,18 @@ class QueueSettings:
     #: key refuse messages whose signature is missing or wrong.
     signing_key: Secret = NO_SECRET
 
+    def __post_init__(self) -> None:
+        # A refused record offered again at once would keep the publisher spinning on it.
+        if not 0 < self.refused_retry_seconds <= self.refused_retry_max_seconds:
+            raise ConfigError(
+                "Config 'queue.refused_retry_seconds' must be positive, and at most"
+                " 'queue.refused_retry_max_seconds'."
+            )
+        if not self.retry_delays or any(d < 0 for d in self.retry_delays):
+            raise ConfigError(
+                "Config 'queue.retry_delays' must be one or more waits of 0 s or more."
+            )
+
     @property
     def fifo(self) -> bool:
         return self.name.endswith(".fifo") or self.url.endswith(".fifo")

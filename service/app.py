@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from notifier.settings import QueueSettings
 from service.api.keys import orchestrator_key, sender_key, settings_key, store_key
 from service.api.routes import setup_routes
 from service.api.v1.errors import errors
@@ -37,7 +36,6 @@ FLUSH_SECONDS = 1.0
 def create_app(settings: Settings) -> web.Application:
     """Build the app; the database, SMS sender and orchestrator open when it starts."""
     check_access(settings)
-    check_queue(settings.queue)
     metrics = Metrics()
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -53,15 +51,6 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_stop_domain)
     setup_routes(app)
     return app
-
-
-def check_queue(settings: QueueSettings) -> None:
-    # A refused record offered again at once would keep the publisher spinning on it.
-    if not 0 < settings.refused_retry_seconds <= settings.refused_retry_max_seconds:
-        raise ConfigError(
-            "Config 'queue.refused_retry_seconds' must be positive, and at most"
-            " 'queue.refused_retry_max_seconds'."
-        )
 
 
 def check_access(settings: Settings) -> None:

@@ -100,10 +100,9 @@ class SqliteStore:
         self._failing_since: float | None = None
         #: Called after an outcome is committed to the outbox (the publisher's wake-up).
         self.on_outcome: Callable[[], None] = lambda: None
-        #: Unsent outcomes, so /metrics needs no count over them: counted by the very first
-        #: write, queued here before anyone else's, then changed by each write that changes it.
+        #: Unsent outcomes, so /metrics needs no count over them: counted once at open, before
+        #: any write, then changed by each write that changes it.
         self._unsent = 0
-        self._writes.submit(_count_unsent).add_done_callback(self._counted)
 
     @classmethod
     async def open(
@@ -140,7 +139,15 @@ class SqliteStore:
             await thread.call(writer.close)
             thread.stop()
             raise
-        return cls(GroupCommit(writer, thread), reader, clock)
+        store = cls(GroupCommit(writer, thread), reader, clock)
+        try:
+            # Read before open returns, so no scrape ever sees the count before it is made.
+            rows = await store._read("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        except BaseException:
+            await store.close()
+            raise
+        store._unsent = int(rows[0][0])
+        return store
 
     async def close(self) -> None:
         """Commit what is queued, then close both connections; later writes are refused."""
@@ -309,10 +316,6 @@ class SqliteStore:
         )
         return self._unsent, rows[0][0] if rows else None
 
-    def _counted(self, future: asyncio.Future[int]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self._unsent += future.result()
-
     # -- retention ------------------------------------------------------------------------------
 
     async def purge(
@@ -384,10 +387,6 @@ class SqliteStore:
 
 
 # -- on the writer thread -------------------------------------------------------------------------
-
-
-def _count_unsent(db: sqlite3.Connection) -> int:
-    return int(db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0])
 
 
 def _claim_key(
