@@ -114,7 +114,7 @@ async def test_number_types_are_configurable(
     assert (await post(only_mobiles, example("GB", PhoneNumberType.MOBILE)))[0] == 202
 
     # A database of its own: one app at a time holds a database.
-    database = {"path": str(tmp_path / "every-type.db")}
+    database = {"path": str(tmp_path / "every-type.db"), "url": ""}  # SQLite, whatever the run
     every_type = await make_client(database=database, limits={"allowed_number_types": []})
     assert (await post(every_type, example("GB", PhoneNumberType.PREMIUM_RATE)))[0] == 202
 

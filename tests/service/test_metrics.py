@@ -87,7 +87,7 @@ async def test_unmatched_routes_share_one_label(client: Any) -> None:
 async def test_each_app_has_its_own_registry(make_client: MakeClient, tmp_path: Path) -> None:
     # Each app its own database: a database is held by one app at a time.
     first = await make_client()
-    second = await make_client(database={"path": str(tmp_path / "second.db")})
+    second = await make_client(database={"path": str(tmp_path / "second.db"), "url": ""})
     await start(first, PHONE)
     assert value(await scrape(first), "verifications_started_total") == 1
     assert value(await scrape(second), "verifications_started_total") == 0

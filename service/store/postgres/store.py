@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from service.errors import StoreUnavailable
+from service.errors import ConfigError, StoreUnavailable
 from service.models import Clock, Status, Verification
 from service.store.base import Decided, KeyHolder, OutboxRecord, Purged
 from service.store.postgres.schema import migrate
@@ -137,8 +137,12 @@ class PostgresStore:
     Open with `await PostgresStore.open(url, clock=...)`; close with `await store.close()`.
     """
 
-    def __init__(self, pool: asyncpg.Pool, clock: Clock, unsent: int) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, clock: Clock, unsent: int, owner: asyncpg.Connection | None = None
+    ) -> None:
         self._pool = pool
+        #: The connection holding this process's claim on the database (see `_claim`).
+        self._owner = owner
         self._clock = clock
         self._closed = False
         self._failing_since: float | None = None
@@ -160,8 +164,13 @@ class PostgresStore:
         command_timeout: float = 30.0,
         min_size: int = 2,
         max_size: int = 10,
+        exclusive: bool = True,
     ) -> PostgresStore:
-        """Connect, migrate the schema (once, whatever other replicas start meanwhile), count."""
+        """Connect, migrate the schema (once, whatever other replicas start meanwhile), count.
+
+        `exclusive` holds the database for this process (refusing a second one), as the service
+        must until replicas share work by lease; tests of concurrent writers open several.
+        """
         try:
             pool = await asyncpg.create_pool(
                 url,
@@ -183,16 +192,21 @@ class PostgresStore:
             )
         except TRANSIENT as exc:
             raise _unavailable(exc) from exc
+        owner = None
         try:
+            if exclusive:
+                owner = await _claim(url)
             async with pool.acquire() as db:
                 await migrate(db)
                 unsent = await db.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
         except BaseException as exc:
+            if owner is not None:
+                await owner.close()
             await pool.close()
             if isinstance(exc, TRANSIENT):
                 raise _unavailable(exc) from exc
             raise
-        return cls(pool, clock, int(unsent))
+        return cls(pool, clock, int(unsent), owner)
 
     async def close(self) -> None:
         """Wait for the writes under way, then close the pool; later writes are refused."""
@@ -200,6 +214,8 @@ class PostgresStore:
         if self._writing:
             await asyncio.wait(set(self._writing))
         await self._pool.close()
+        if self._owner is not None:
+            await self._owner.close()  # the session ends, and its claim with it
 
     # -- verifications -------------------------------------------------------------------------
 
@@ -567,3 +583,29 @@ def _verification(row: Any) -> Verification:
     # Columns are in field order; only the status needs turning back into its enum.
     row = tuple(row)
     return Verification(*row[:3], Status(row[3]), *row[4:])  # type: ignore[call-arg]
+
+
+#: The advisory lock a process holds on its database for its life: one replica per database
+#: until replicas share work by lease (the next step).
+OWNER_LOCK = 0x7665726966790002  # not MIGRATION_LOCK: a claim must not block migrating
+
+
+async def _claim(url: str) -> asyncpg.Connection:
+    """Hold the database for this process, on a connection of its own, or refuse to start.
+
+    A session-level advisory lock: the server drops it when the session ends, a crash or a
+    SIGKILL included, so nothing stale is left behind.
+    """
+    db = await asyncpg.connect(url)
+    try:
+        taken = await db.fetchval("SELECT pg_try_advisory_lock($1)", OWNER_LOCK)
+    except BaseException:
+        await db.close()
+        raise
+    if not taken:
+        await db.close()
+        raise ConfigError(
+            "The database in 'database.url' is in use by another process of this service. One"
+            " process per database for now: stop that one, or give this one its own database."
+        )
+    return db

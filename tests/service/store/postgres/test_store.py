@@ -14,7 +14,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from service.config import DatabaseSettings
-from service.errors import StoreUnavailable
+from service.errors import ConfigError, StoreUnavailable
 from service.models import Status, Verification
 from service.outcomes import decided, outcome_of
 from service.store import Decided, Purged, Store, check_url, open_store
@@ -49,7 +49,10 @@ async def opened(url: str, clock: Clock) -> AsyncIterator[Callable[[], Any]]:
     stores: list[PostgresStore] = []
 
     async def open_one() -> PostgresStore:
-        stores.append(await PostgresStore.open(url, clock=clock, min_size=1, max_size=4))
+        # Not exclusive: these stores stand for the replicas of the next step, writing at once.
+        stores.append(
+            await PostgresStore.open(url, clock=clock, min_size=1, max_size=4, exclusive=False)
+        )
         return stores[-1]
 
     yield open_one
@@ -561,3 +564,15 @@ async def test_open_store_picks_postgres_by_url(url: str) -> None:
         assert await opened.pending() == []
     finally:
         await opened.close()
+
+
+async def test_a_second_exclusive_store_on_one_database_is_refused(url: str, clock: Clock) -> None:
+    first = await PostgresStore.open(url, clock=clock, min_size=1)
+    try:
+        with pytest.raises(ConfigError, match="in use by another process"):
+            await PostgresStore.open(url, clock=clock, min_size=1)
+    finally:
+        await first.close()
+    # Closed, the claim goes with its session: the next process starts.
+    again = await PostgresStore.open(url, clock=clock, min_size=1)
+    await again.close()
