@@ -20,22 +20,8 @@ from service.outcomes import decided, outcome_of
 from service.store import Decided, Purged, Store, check_url, open_store
 from service.store.postgres.schema import MIGRATIONS, migrate
 from service.store.postgres.store import PostgresStore
+from tests.support.clock import SetClock
 from tests.support.process import free_port
-
-
-class Clock:
-    """A clock the test sets."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(1_000.0)
 
 
 @pytest.fixture
@@ -44,7 +30,7 @@ def url(postgres_database_url: str) -> str:
 
 
 @pytest.fixture
-async def opened(url: str, clock: Clock) -> AsyncIterator[Callable[[], Any]]:
+async def opened(url: str, clock: SetClock) -> AsyncIterator[Callable[[], Any]]:
     """Opens stores on the test's database (a replica each), and closes them after."""
     stores: list[PostgresStore] = []
 
@@ -99,7 +85,7 @@ async def outbox(db: asyncpg.Connection) -> list[tuple[Any, ...]]:
 
 
 async def test_finish_writes_the_outcome_it_is_given_once_at_the_store_s_clock(
-    store: Store, clock: Clock, db: asyncpg.Connection
+    store: Store, clock: SetClock, db: asyncpg.Connection
 ) -> None:
     v = verification()
     await store.insert(v)
@@ -169,7 +155,7 @@ async def test_checkpoints_report_whether_they_applied(store: Store) -> None:
 
 
 async def test_mark_sent_stamps_the_store_s_clock(
-    store: Store, clock: Clock, db: asyncpg.Connection
+    store: Store, clock: SetClock, db: asyncpg.Connection
 ) -> None:
     v = verification()
     await store.insert(v)
@@ -313,7 +299,7 @@ async def test_concurrent_wrong_codes_spend_each_attempt_once(
 
 
 async def test_a_refused_record_waits_its_back_off_behind_the_others(
-    store: Store, clock: Clock, db: asyncpg.Connection
+    store: Store, clock: SetClock, db: asyncpg.Connection
 ) -> None:
     ids = ["VE1", "VE2", "VE3"]
     for vid in ids:
@@ -361,7 +347,7 @@ async def test_due_reads_those_due_again_first_and_at_most_limit(store: Store) -
 
 
 async def test_the_unsent_count_is_read_again_at_open(
-    opened: Callable[[], Any], clock: Clock
+    opened: Callable[[], Any], clock: SetClock
 ) -> None:
     first: Store = await opened()
     for vid in ("VE1", "VE2"):
@@ -379,7 +365,7 @@ async def test_the_unsent_count_is_read_again_at_open(
 
 
 async def test_purge_masks_deletes_and_drops_as_sqlite_does(
-    store: Store, clock: Clock, db: asyncpg.Connection
+    store: Store, clock: SetClock, db: asyncpg.Connection
 ) -> None:
     sent, unsent, live = verification("VEsent"), verification("VEunsent"), verification("VElive")
     for v in (sent, unsent, live):
@@ -489,7 +475,7 @@ async def test_a_connection_lost_mid_write_is_unavailable_until_the_next_write(
 
 
 async def test_a_row_locked_too_long_is_unavailable(
-    url: str, clock: Clock, db: asyncpg.Connection
+    url: str, clock: SetClock, db: asyncpg.Connection
 ) -> None:
     store = await PostgresStore.open(url, clock=clock, lock_timeout_ms=100, min_size=1)
     try:
@@ -531,7 +517,7 @@ async def test_a_read_only_database_fails_the_probe(
     assert store.healthy
 
 
-async def test_a_server_that_is_not_there_is_unavailable(clock: Clock) -> None:
+async def test_a_server_that_is_not_there_is_unavailable(clock: SetClock) -> None:
     with pytest.raises(StoreUnavailable):
         await PostgresStore.open(
             f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", clock=clock
@@ -566,7 +552,9 @@ async def test_open_store_picks_postgres_by_url(url: str) -> None:
         await opened.close()
 
 
-async def test_a_second_exclusive_store_on_one_database_is_refused(url: str, clock: Clock) -> None:
+async def test_a_second_exclusive_store_on_one_database_is_refused(
+    url: str, clock: SetClock
+) -> None:
     first = await PostgresStore.open(url, clock=clock, min_size=1)
     try:
         with pytest.raises(ConfigError, match="in use by another process"):

@@ -12,26 +12,12 @@ from service.models import Status, Verification
 from service.outcomes import decided, outcome_of
 from service.store import Decided, Store
 from service.store.sqlite.store import SqliteStore
+from tests.support.clock import SetClock
 from tests.support.database import database
 
 
-class Clock:
-    """A clock the test sets."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(1_000.0)
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
+async def store(tmp_path: Path, clock: SetClock) -> AsyncIterator[Store]:
     opened: Store = await SqliteStore.open(str(tmp_path / "v.db"), clock=clock)
     yield opened
     await opened.close()
@@ -59,7 +45,7 @@ def outbox(tmp_path: Path) -> list[tuple[str, str, str, float, float | None]]:
 
 
 async def test_finish_writes_the_outcome_it_is_given_once_at_the_store_s_clock(
-    store: Store, clock: Clock, tmp_path: Path
+    store: Store, clock: SetClock, tmp_path: Path
 ) -> None:
     v = verification()
     await store.insert(v)
@@ -104,7 +90,7 @@ async def test_checkpoints_report_whether_they_applied(store: Store) -> None:
 
 
 async def test_mark_sent_stamps_the_store_s_clock(
-    store: Store, clock: Clock, tmp_path: Path
+    store: Store, clock: SetClock, tmp_path: Path
 ) -> None:
     v = verification()
     await store.insert(v)
