@@ -15,13 +15,14 @@ import pytest
 
 from service.config import DatabaseSettings
 from service.errors import ConfigError, StoreUnavailable
-from service.models import Status, Verification
+from service.models import Status
 from service.outcomes import decided, outcome_of
 from service.store import Decided, Purged, Store, check_url, open_store
 from service.store.postgres.schema import MIGRATIONS, migrate
 from service.store.postgres.store import PostgresStore
 from tests.support.clock import SetClock
 from tests.support.process import free_port
+from tests.support.verifications import verification
 
 
 @pytest.fixture
@@ -58,20 +59,6 @@ async def db(url: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(url)
     yield connection
     await connection.close()
-
-
-def verification(id: str = "VEaaaa") -> Verification:
-    return Verification(
-        id=id,
-        phone="+14155550100",
-        reference="order-1",
-        status=Status.PENDING,
-        salt=b"salt",
-        attempts_left=3,
-        attempts=0,
-        created_at=900.0,
-        expires_at=990.0,
-    )
 
 
 async def outbox(db: asyncpg.Connection) -> list[tuple[Any, ...]]:

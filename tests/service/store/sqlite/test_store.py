@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from service.models import Status, Verification
+from service.models import Status
 from service.outcomes import decided, outcome_of
 from service.store import Decided, Store
 from service.store.sqlite.store import SqliteStore
 from tests.support.clock import SetClock
 from tests.support.database import database
+from tests.support.verifications import verification
 
 
 @pytest.fixture
@@ -21,20 +22,6 @@ async def store(tmp_path: Path, clock: SetClock) -> AsyncIterator[Store]:
     opened: Store = await SqliteStore.open(str(tmp_path / "v.db"), clock=clock)
     yield opened
     await opened.close()
-
-
-def verification(id: str = "VEaaaa") -> Verification:
-    return Verification(
-        id=id,
-        phone="+14155550100",
-        reference="order-1",
-        status=Status.PENDING,
-        salt=b"salt",
-        attempts_left=3,
-        attempts=0,
-        created_at=900.0,
-        expires_at=990.0,
-    )
 
 
 def outbox(tmp_path: Path) -> list[tuple[str, str, str, float, float | None]]:
