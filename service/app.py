@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,7 @@ from service.limits import Limits
 from service.metrics import Metrics, metrics_key, metrics_middleware
 from service.orchestrator.orchestrator import Orchestrator
 from service.orchestrator.recovery import recover
+from service.orchestrator.tenure import keep_tenure
 from service.push.sqs import Publisher
 from service.readiness import Readiness, readiness_key
 from service.retention import keep_sweeping
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 
 #: How long a stop waits, once the orchestrator has stopped, for its last outcomes to reach SQS.
 FLUSH_SECONDS = 1.0
+
+#: The task keeping this replica's lease, where replicas share the database.
+tenure_key: web.AppKey[asyncio.Task[None]] = web.AppKey("tenure")
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -44,9 +49,10 @@ def create_app(settings: Settings) -> web.Application:
     app[settings_key] = settings
     app[metrics_key] = metrics
     app[readiness_key] = Readiness()
-    # One context per resource, unwound in reverse: the sweeps stop, the orchestrator stops, the
-    # publisher sends what it decided meanwhile, then the SMS sender and the store close.
-    for context in (_store, _sender, _outcomes, _orchestrator, _retention):
+    # One context per resource, unwound in reverse: the sweeps stop, the lease stops being
+    # renewed, the orchestrator stops, the publisher sends what it decided meanwhile, then the
+    # SMS sender and the store close (where replicas share it, handing this one's work over).
+    for context in (_store, _sender, _outcomes, _orchestrator, _tenure, _retention):
         app.cleanup_ctx.append(context)
     app.on_shutdown.append(_stop_domain)
     setup_routes(app)
@@ -66,9 +72,14 @@ def check_access(settings: Settings) -> None:
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
-    store = await open_store(settings.database, clock=time.time)
+    # Unique among replicas on one database, and the same across restarts of this one.
+    replica = f"{socket.gethostname()}:{settings.server.port}"
+    store = await open_store(settings.database, clock=time.time, replica=replica)
     app[store_key] = store
     app[readiness_key].add("store", lambda: store.healthy)
+    if store.lease is not None:
+        lease = store.lease
+        app[readiness_key].add("lease", lambda: lease.trusted)
     yield
     await store.close()
 
@@ -109,6 +120,36 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
         await orchestrator.close(settings.server.shutdown_grace_seconds)
 
 
+async def _tenure(app: web.Application) -> AsyncIterator[None]:
+    """Where replicas share the database: keep the lease, and take over the work of dead ones."""
+    settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
+    if store.lease is None:
+        yield
+        return
+    tenure = asyncio.create_task(
+        keep_tenure(
+            store,
+            store.lease,
+            app[orchestrator_key],
+            time.time,
+            settings.verification.ttl_seconds,
+            metrics,
+        )
+    )
+    app[tenure_key] = tenure
+    yield
+    await _stop_tenure(app)
+
+
+async def _stop_tenure(app: web.Application) -> None:
+    tenure = app.get(tenure_key)
+    if tenure is None:
+        return
+    tenure.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await tenure
+
+
 async def _retention(app: web.Application) -> AsyncIterator[None]:
     settings, metrics = app[settings_key], app[metrics_key]
     sweeper = asyncio.create_task(
@@ -127,6 +168,8 @@ async def _stop_domain(app: web.Application) -> None:
     flight, so the two share one grace, and the cleanup, publisher's flush included, comes after
     every decision is made.
     """
+    # Nothing is adopted while stopping: what this replica holds is handed over at the close.
+    await _stop_tenure(app)
     await app[orchestrator_key].close(app[settings_key].server.shutdown_grace_seconds)
 
 

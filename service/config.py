@@ -67,11 +67,19 @@ class DatabaseSettings:
     busy_timeout_ms: int = 5000
     #: How long a code or cancel is retried while the database fails, before answering 503.
     write_retry_seconds: float = 2.0
+    #: PostgreSQL: how long a replica's work waits, once it stops renewing its lease (killed,
+    #: paused, cut off), before the others take it over; renewed every fifth of it.
+    lease_seconds: float = 5.0
+    #: PostgreSQL: this replica's name among those sharing the database, unique to each; a
+    #: restart under the same name takes its work back at once. Empty: `<hostname>:<port>`.
+    replica_name: str = ""
 
     def __post_init__(self) -> None:
         for name in ("busy_timeout_ms", "write_retry_seconds"):
             value = getattr(self, name)
             _require(value >= 0, f"database.{name}", "0 or more", value)
+        lease = self.lease_seconds
+        _require(0.5 <= lease <= 300, "database.lease_seconds", "between 0.5 and 300", lease)
         # Here, not at the top: the store's package reads these settings.
         from service.store import check_url, database_url
 

@@ -58,6 +58,11 @@ class Metrics:
             registry=r,
         )
         self._sms_sent = Counter("sms_sent", "SMS challenges the provider accepted.", registry=r)
+        self._adopted = Counter(
+            "verifications_adopted",
+            "Pending verifications taken over from replicas whose lease lapsed or that left.",
+            registry=r,
+        )
         self._sms_failed = Counter(
             "sms_failed", "SMS challenges that could not be sent, retries spent.", registry=r
         )
@@ -128,6 +133,9 @@ class Metrics:
 
     def refused(self, reason: str) -> None:
         self._refused.labels(reason).inc()
+
+    def adopted(self, count: int) -> None:
+        self._adopted.inc(count)
 
     def watch_pending(self, count: Callable[[], int]) -> None:
         """Read the pending gauge from `count` at each scrape (`Orchestrator.pending_count`)."""

@@ -36,6 +36,9 @@ class Observer(Protocol):
     def outcomes_dropped(self, count: int) -> None:
         """Undelivered outcomes were dropped by retention."""
 
+    def adopted(self, count: int) -> None:
+        """Pending verifications of a replica whose lease lapsed were taken over here."""
+
 
 class _Ignored:
     def started(self, v: Verification) -> None:
@@ -60,6 +63,9 @@ class _Ignored:
         pass
 
     def outcomes_dropped(self, count: int) -> None:
+        pass
+
+    def adopted(self, count: int) -> None:
         pass
 
 

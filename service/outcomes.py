@@ -26,6 +26,9 @@ def outcome_of(v: Verification) -> str:
     )
 
 
-def decided(v: Verification) -> Decided:
-    """`v`'s final state with its outcome, as `Store.finish` takes it."""
-    return Decided(v, outcome_of(v))
+def decided(v: Verification, *, fenced: bool = False) -> Decided:
+    """`v`'s final state with its outcome, as `Store.finish` takes it.
+
+    `fenced`: decided by the deadline or the SMS, which only the verification's holder may do.
+    """
+    return Decided(v, outcome_of(v), fenced)

@@ -13,6 +13,13 @@ When the database fails, nothing is adopted that is not on disk: a command is tr
 little while, then answered 503 with nothing changed; a decision the deadline or the SMS made is
 tried again, with back-off, until it is committed. Either way the verification stays armed and
 answerable, and is decided exactly once.
+
+Where replicas share the database (`Store.lease` is not None), a verification's task runs on the
+replica holding it; the others decide a code or a cancel for it directly (`_direct`), with the
+same `decide` and the store's conditional writes: the row's status and attempts are the fence,
+and a write that finds them changed is decided again on what the row now holds. A task whose
+owner-only write is refused by the fence has lost the verification to another replica: it ends
+without deciding (`_Lost`).
 """
 
 from __future__ import annotations
@@ -68,6 +75,9 @@ log = logging.getLogger(__name__)
 
 #: Waits between tries of a decision the database refused; the last repeats until it holds.
 STORE_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+#: Times a command is decided again because another replica changed the row meanwhile; past
+#: it (a verification hammered from every replica at once), 503 and the client tries again.
+MAX_CONFLICTS = 32
 
 
 #: A command and the future its caller waits on; the SMS activity's reports have none.
@@ -76,6 +86,10 @@ Letter = tuple[Command, asyncio.Future[Verification] | None]
 
 class _Gone(Exception):
     """A resend reached a verification that ended meanwhile: the start makes a new one."""
+
+
+class _Lost(Exception):
+    """An owner-only write was fenced out: another replica holds the verification now."""
 
 
 class _Replayed(Exception):
@@ -164,6 +178,10 @@ class Orchestrator:
         #: Starts in progress, by (owner, phone): concurrent starts for one number queue here.
         self._starting: dict[tuple[str, str], _Turn] = {}
         self._stopping = False
+        #: Where replicas share the database: this one's lease on the verifications it holds.
+        self._lease = store.lease
+        #: Resends sent for verifications another replica holds (`_resend_held_elsewhere`).
+        self._side_sends: set[asyncio.Task[None]] = set()
 
     @property
     def pending_count(self) -> int:
@@ -219,14 +237,19 @@ class Orchestrator:
         self, verification_id: str, code: str, *, owner: str = "-"
     ) -> Verification:
         """Hand a code to the verification's task and wait until it has been decided."""
-        run = await self._run_of(verification_id, owner)
+        target = await self._run_of(verification_id, owner)
+        v = target.verification if isinstance(target, Run) else target
         # Checked on arrival, like an update's validator: the salt is the verification's for life.
-        matches = self._codes.matches(run.verification.salt, code)
-        return await self._command(run, Code(matches, received_at=self._clock()))
+        command = Code(self._codes.matches(v.salt, code), received_at=self._clock())
+        if isinstance(target, Run):
+            return await self._command(target, command)
+        return await self._direct(target, command)
 
     async def cancel(self, verification_id: str, *, owner: str = "-") -> Verification:
-        run = await self._run_of(verification_id, owner)
-        return await self._command(run, Cancel())
+        target = await self._run_of(verification_id, owner)
+        if isinstance(target, Run):
+            return await self._command(target, Cancel())
+        return await self._direct(target, Cancel())
 
     async def expire(self, overdue: Sequence[Verification]) -> None:
         """Finish, in one transaction, verifications whose deadline passed while none was armed.
@@ -238,14 +261,18 @@ class Orchestrator:
         finals = [d.final for d in decisions if isinstance(d, Finish)]
         if not finals:
             return
-        applied = await self._store.finish([decided(v) for v in finals])
+        applied = await self._store.finish([decided(v, fenced=True) for v in finals])
         for v in finals:
             if v.id in applied:
                 self._observer.finished(v)
 
     async def get(self, verification_id: str, *, owner: str = "-") -> Verification:
         run = self._runs.get(verification_id)
-        v = run.verification if run is not None else await self._store.get(verification_id)
+        # Shared, another replica may have decided it: only the database knows.
+        if run is not None and self._lease is None:
+            v: Verification | None = run.verification
+        else:
+            v = await self._store.get(verification_id)
         # Another owner's verification is as good as absent: its id alone tells them nothing.
         if v is None or v.owner != owner:
             raise NotFound(f"Verification '{verification_id}' does not exist.")
@@ -271,6 +298,8 @@ class Orchestrator:
         while or after the first runs, finds nothing left to stop.
         """
         self._stopping = True
+        for task in self._side_sends:
+            task.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while True:
@@ -289,6 +318,21 @@ class Orchestrator:
         # A task cancelled before its first step never ran the code that reaps it.
         for run in list(self._runs.values()):
             self._reap(run, asyncio.CancelledError())
+
+    async def abandon(self) -> int:
+        """Let go of every verification armed here, writing nothing: the lease was lost.
+
+        Their rows are the database's to hand out now; what is still this replica's is armed
+        again by the recovery that follows. Commands waiting are answered 503, to be asked again.
+        """
+        runs = list(self._runs.values())
+        tasks = [r.task for r in runs if r.task is not None and not r.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for run in runs:
+            self._reap(run, asyncio.CancelledError())
+        return len(runs)
 
     # -- starting ---------------------------------------------------------------------------------
 
@@ -314,8 +358,10 @@ class Orchestrator:
             owner=owner,
         )
         holder = await self._store.insert(v, key, digest)
-        if holder is not None:  # the same key raced in from another request for another number
+        if isinstance(holder, KeyHolder):  # the same key raced in from another request
             return Started(self._replayed(holder, digest), created=False, replayed=True)
+        if holder is not None:  # pending for this number on another replica: send it again
+            return await self._resend_held_elsewhere(holder, key, digest)
         self._observer.started(v)
         return Started(self.resume(v, charged=True).verification, created=True, replayed=False)
 
@@ -330,6 +376,32 @@ class Orchestrator:
         except _Replayed as replay:
             return Started(self._replayed(replay.holder, digest), created=False, replayed=True)
         return Started(v, created=False, replayed=False)
+
+    async def _resend_held_elsewhere(
+        self, v: Verification, key: str | None, digest: bytes
+    ) -> Started:
+        """Send the code again for a verification another replica holds, from here.
+
+        The holder's task is out of reach, so this replica sends it, without a checkpoint (a
+        resend has none): the code is the same, and a verification ended meanwhile is only sent
+        one code too many, which ends with it.
+        """
+        if key is not None:
+            holder = await self._store.remember_key(key, v.id, digest, self._clock())
+            if holder is not None:
+                return Started(self._replayed(holder, digest), created=False, replayed=True)
+        task = asyncio.create_task(self._send_once(v))
+        self._side_sends.add(task)
+        task.add_done_callback(self._side_sends.discard)
+        return Started(v, created=False, replayed=False)
+
+    async def _send_once(self, v: Verification) -> None:
+        try:
+            await self._challenges.send(v, charged=True)
+        except SmsError as exc:
+            log.warning("resend failed", extra={"verification_id": v.id, "reason": exc.reason})
+        except Exception:
+            log.exception("sms sender failed", extra={"verification_id": v.id})
 
     @asynccontextmanager
     async def _one_start(self, owner: str, phone: str) -> AsyncIterator[None]:
@@ -377,6 +449,10 @@ class Orchestrator:
         except asyncio.CancelledError as exc:
             failure = exc
             raise
+        except _Lost:
+            # Another replica holds it now (this one's lease lapsed): its task runs there.
+            failure = Unavailable("The verification was handed over; ask again.")
+            log.info("verification handed over", extra={"verification_id": run.verification.id})
         except Exception as exc:
             # A bug. The row is still pending on disk, and the next command for it re-arms it.
             failure = exc
@@ -395,13 +471,22 @@ class Orchestrator:
         """
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self._write_retry_seconds
+        conflicts = 0
         for delay in delays(STORE_RETRY_DELAYS):
             try:
+                if self._lease is not None and isinstance(command, Resend):
+                    # Another replica may have decided it: a resend must see the row.
+                    await self._reload(run)
                 decision = decide(run.verification, command, self._clock())
                 if reply is None:
                     await self._settle(run, decision)
                     return
                 outcome = await self._apply(run, decision)
+                if outcome is None:  # the row changed meanwhile: decide again on what it holds
+                    conflicts += 1
+                    if conflicts < MAX_CONFLICTS:
+                        continue
+                    raise _busy()
             except StoreUnavailable as exc:
                 if loop.time() + delay > give_up_at:
                     _refuse(reply, exc)
@@ -411,6 +496,11 @@ class Orchestrator:
             except asyncio.CancelledError:
                 _refuse(reply, asyncio.CancelledError())
                 raise
+            except (_Lost, Unavailable) as exc:
+                _refuse(reply, exc if isinstance(exc, Unavailable) else _handed_over())
+                if isinstance(exc, _Lost):
+                    raise
+                return
             except Exception as exc:
                 # A bug must not take the verification with it: this command fails, it lives on.
                 log.exception("command failed", extra={"verification_id": run.verification.id})
@@ -419,20 +509,22 @@ class Orchestrator:
             _answer(reply, run.verification, command, outcome)
             return
 
-    async def _apply(self, run: Run, decision: Decision) -> Answer | KeyHolder:
-        """Carry out `decision`: what its caller is answered, or the holder of a resend's key."""
+    async def _apply(self, run: Run, decision: Decision) -> Answer | KeyHolder | None:
+        """Carry out `decision`: what its caller is answered, or the holder of a resend's key;
+        None if the row had changed meanwhile (then it is reloaded, to be decided again).
+        """
         v = run.verification
         match decision:
             case Finish(final, answer):
                 if await self._finish(run, final):
                     return answer
-                # The row changed under us: this command decided nothing; answer as the disk says.
-                return Answer.VERIFICATION if run.verification.pending else Answer.NOT_PENDING
+                # The row changed under us: this command decided nothing.
+                return None if run.verification.pending else Answer.NOT_PENDING
             case Spend(spent):
-                if await self._store.attempted(v, spent):
-                    run.verification = spent
-                else:
+                if not await self._store.attempted(v, spent):
                     await self._reload(run)
+                    return None
+                run.verification = spent
             case SendAgain(key, digest):
                 if key is not None:
                     holder = await self._store.remember_key(key, v.id, digest, self._clock())
@@ -460,6 +552,13 @@ class Orchestrator:
         try:
             if after is not None:
                 await after  # cancelling this send cancels the one it waits for too
+            if self._lease is not None:
+                # An SMS cannot be taken back: none goes out unless the lease surely holds.
+                # Polled, not awaited: trust is lost by time passing, not by an event.
+                while True:
+                    if self._lease.trusted:
+                        break
+                    await asyncio.sleep(self._lease.check_seconds)
             sms_id = await self._challenges.send(v, charged=charged)
         except SmsError as exc:
             log.warning(
@@ -489,8 +588,10 @@ class Orchestrator:
             return
         if applied:
             run.verification = sent
-        else:
-            await self._reload(run)
+            return
+        await self._reload(run)
+        if run.verification.pending:
+            raise _Lost()
 
     # -- decisions --------------------------------------------------------------------------------
 
@@ -506,7 +607,9 @@ class Orchestrator:
             return
         for delay in delays(STORE_RETRY_DELAYS):
             try:
-                await self._finish(run, decision.final)
+                applied = await self._finish(run, decision.final, fenced=True)
+                if not applied and run.verification.pending:
+                    raise _Lost()
                 return
             except StoreUnavailable as exc:
                 log.warning(
@@ -519,10 +622,12 @@ class Orchestrator:
                     _refuse(letter[1], exc)
                 await asyncio.sleep(delay)
 
-    async def _finish(self, run: Run, final: Verification) -> bool:
-        """Commit a final status; False if the row was no longer pending (then it is reloaded)."""
+    async def _finish(self, run: Run, final: Verification, *, fenced: bool = False) -> bool:
+        """Commit a final status; False if the row was no longer pending, or, `fenced`, no longer
+        held here (then it is reloaded).
+        """
         # The new state is only adopted once committed: memory never runs ahead of the disk.
-        if final.id not in await self._store.finish([decided(final)]):
+        if final.id not in await self._store.finish([decided(final, fenced=fenced)]):
             await self._reload(run)
             return False
         run.verification = final
@@ -531,9 +636,12 @@ class Orchestrator:
         return True
 
     async def _reload(self, run: Run) -> None:
-        """The row changed under us (it should not: one process owns the file): adopt the disk."""
+        """The row changed under us: adopt the disk. Alone on its database, that should not
+        happen (one process owns the file); shared, another replica decided or spent meanwhile.
+        """
         v = run.verification
-        log.error("verification changed outside its task", extra={"verification_id": v.id})
+        if self._lease is None:
+            log.error("verification changed outside its task", extra={"verification_id": v.id})
         stored = await self._store.get(v.id)
         run.verification = stored if stored is not None else replace(v, status=Status.CANCELED)
 
@@ -555,7 +663,8 @@ class Orchestrator:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    async def _run_of(self, verification_id: str, owner: str) -> Run:
+    async def _run_of(self, verification_id: str, owner: str) -> Run | Verification:
+        """The verification's task, if it runs here; else, shared, the row to decide directly."""
         run = self._runs.get(verification_id)
         if run is not None and run.verification.owner == owner:
             return run
@@ -564,8 +673,48 @@ class Orchestrator:
             raise NotPending(v)
         if self._stopping:
             raise Unavailable("The service is stopping; try again shortly.")
+        if self._lease is not None:
+            return v  # held by another replica (or by this one, about to resume it)
         # Pending on disk but not armed (its task failed): arm it now, so it can be answered.
         return self.resume(v)
+
+    async def _direct(self, v: Verification, command: Code | Cancel) -> Verification:
+        """Decide a command for a verification whose task runs on another replica.
+
+        The same rules, the same conditional writes as its task: a write that finds the row
+        changed (decided, or an attempt spent, by another replica) decides again on the row as
+        it now is, so attempts are never over- or under-spent, and one decision wins.
+        """
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._write_retry_seconds
+        conflicts = 0
+        for delay in delays(STORE_RETRY_DELAYS):
+            try:
+                decision = decide(v, command, self._clock())
+                match decision:
+                    case Finish(final, answer):
+                        if final.id in await self._store.finish([decided(final)]):
+                            self._observer.finished(final)
+                            if answer is Answer.VERIFICATION:
+                                return final
+                            raise NotPending(final)
+                    case Spend(spent):
+                        if await self._store.attempted(v, spent):
+                            return spent
+                    case _:
+                        raise NotPending(v)
+                conflicts += 1
+                if conflicts >= MAX_CONFLICTS:
+                    raise _busy()
+                stored = await self._store.get(v.id)
+                if stored is None:
+                    raise NotFound(f"Verification '{v.id}' does not exist.")
+                v = stored
+            except StoreUnavailable:
+                if loop.time() + delay > give_up_at:
+                    raise
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: delays() never ends")
 
     async def _command(self, run: Run, command: Command) -> Verification:
         if self._runs.get(run.verification.id) is not run:  # reaped while the caller waited
@@ -592,7 +741,9 @@ class Orchestrator:
                 code="idempotency_key_reused",
             )
         run = self._runs.get(holder.verification.id)
-        return run.verification if run is not None else holder.verification
+        if run is None or self._lease is not None:
+            return holder.verification
+        return run.verification
 
 
 def _answer(
@@ -611,6 +762,14 @@ def _answer(
         reply.set_exception(_Gone())
     else:
         reply.set_exception(NotPending(v))
+
+
+def _busy() -> Unavailable:
+    return Unavailable("The verification is changing too fast to decide now; try again.")
+
+
+def _handed_over() -> Unavailable:
+    return Unavailable("The verification was handed over to another replica; ask again.")
 
 
 def _refuse(reply: asyncio.Future[Verification] | None, exc: BaseException) -> None:

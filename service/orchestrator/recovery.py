@@ -31,15 +31,8 @@ FREEZE_FROM = 10_000
 
 
 async def recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: float) -> Recovered:
-    # Arming 100,000 verifications makes a million long-lived objects; the cyclic collector
-    # would walk them again and again while they are made, two thirds of a restart's time.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        result = await _recover(store, orchestrator, clock, ttl)
-    finally:
-        if enabled:
-            gc.enable()
+    """Resume every pending verification this process holds (all of them, alone on SQLite)."""
+    result = await resume_all(store, orchestrator, await store.pending(), clock, ttl)
     log.info(
         "recovered: %d resumed (%d SMS to send again), %d expired while down",
         result.resumed,
@@ -49,9 +42,25 @@ async def recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: f
     return result
 
 
-async def _recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: float) -> Recovered:
+async def resume_all(
+    store: Store, orchestrator: Orchestrator, pending: list[Verification], clock: Clock, ttl: float
+) -> Recovered:
+    """Resume `pending`, held here: a restart's, or what was adopted from a lapsed replica."""
+    # Arming 100,000 verifications makes a million long-lived objects; the cyclic collector
+    # would walk them again and again while they are made, two thirds of a restart's time.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return await _resume_all(store, orchestrator, pending, clock, ttl)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+async def _resume_all(
+    store: Store, orchestrator: Orchestrator, pending: list[Verification], clock: Clock, ttl: float
+) -> Recovered:
     now = clock()
-    pending = await store.pending()
     overdue = [v for v in pending if v.expires_at <= now]
     await orchestrator.expire(overdue)
     live = _capped([v for v in pending if v.expires_at > now], now + ttl)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from service.errors import ConfigError
 from service.models import Clock
-from service.store.base import Decided, KeyHolder, Outbox, Purged, Store
+from service.store.base import Decided, KeyHolder, Lease, Outbox, Purged, Store
 
 if TYPE_CHECKING:
     from service.config import DatabaseSettings
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Decided",
     "KeyHolder",
+    "Lease",
     "Outbox",
     "Purged",
     "Store",
@@ -38,13 +39,23 @@ URL_FORMS = f"{SQLITE_FORMS}, or {POSTGRES_FORM}"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
-async def open_store(settings: DatabaseSettings, clock: Clock) -> Store:
-    """Open the store `settings` name; raise ConfigError, naming the key, if it cannot be."""
+async def open_store(settings: DatabaseSettings, clock: Clock, replica: str = "") -> Store:
+    """Open the store `settings` name; raise ConfigError, naming the key, if it cannot be.
+
+    `replica` names this process among those sharing a PostgreSQL database (its lease's name),
+    unless `database.replica_name` does.
+    """
     url = database_url(settings)
     if is_postgres(url):
         from service.store.postgres.store import PostgresStore
 
-        return await PostgresStore.open(url, clock=clock, lock_timeout_ms=settings.busy_timeout_ms)
+        return await PostgresStore.open(
+            url,
+            clock=clock,
+            replica=settings.replica_name or replica,
+            lease_seconds=settings.lease_seconds,
+            lock_timeout_ms=settings.busy_timeout_ms,
+        )
     path = sqlite_path(url)
     from service.store.sqlite.store import SqliteStore
 

@@ -34,6 +34,9 @@ class Decided:
     verification: Verification
     #: The event's body, computed above the store (`service.outcomes.outcome_of`).
     outcome: str
+    #: Owner-only (the deadline's or the SMS's decision, not a caller's): where replicas share
+    #: the database, it applies only while this replica holds the verification's lease.
+    fenced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +82,57 @@ class Outbox(Protocol):
         ...
 
 
+class Lease(Protocol):
+    """A replica's hold on its owner-only work, where several replicas share one database.
+
+    Owner-only is what only one replica may do for a verification: send its SMS, race its
+    deadline, publish its outcome. Codes and cancels are decided by whichever replica is asked.
+    """
+
+    @property
+    def seconds(self) -> float:
+        """How long the lease lasts unrenewed: the most a dead replica's work waits."""
+        ...
+
+    @property
+    def check_seconds(self) -> float:
+        """How often it is renewed, and orphaned work looked for."""
+        ...
+
+    @property
+    def trusted(self) -> bool:
+        """Whether work the database cannot fence (an SMS) may start: the lease surely holds."""
+        ...
+
+    async def join(self) -> None:
+        """Hold the lease again, after losing it: whatever was held before is fenced out."""
+        ...
+
+    async def renew(self) -> bool:
+        """Extend the lease; False if it had lapsed: then the work held may be another's."""
+        ...
+
+    async def adopt(self, limit: int) -> list[Verification]:
+        """Take over, at most `limit` at a time, the pending verifications (and the outcomes)
+        of replicas whose lease lapsed or that left: held here from now on, to be resumed.
+        """
+        ...
+
+    async def leave(self) -> None:
+        """End the lease now, so that the others adopt its work without waiting for it."""
+        ...
+
+
 class Store(Outbox, Protocol):
     """Durable state: verifications, their transitions, idempotency keys, and the outbox."""
 
     #: Called after outcomes are committed to the outbox (the publisher's wake-up).
     on_outcome: Callable[[], None]
+
+    @property
+    def lease(self) -> Lease | None:
+        """None where this process has the database to itself (SQLite): all of it is its own."""
+        ...
 
     async def close(self) -> None:
         """Commit what is queued, then let go of the database; later writes are refused."""
@@ -93,10 +142,12 @@ class Store(Outbox, Protocol):
 
     async def insert(
         self, v: Verification, key: str | None = None, digest: bytes = b""
-    ) -> KeyHolder | None:
+    ) -> KeyHolder | Verification | None:
         """Record a new verification and its idempotency key, if any, in one transaction.
 
         If the key is already taken, nothing is written and its holder is returned instead.
+        Where replicas share the database, a verification already pending for the same owner
+        and phone is returned instead, nothing written: it is one per number, across replicas.
         """
         ...
 
@@ -116,7 +167,7 @@ class Store(Outbox, Protocol):
         ...
 
     async def pending(self) -> list[Verification]:
-        """Every pending verification, for recovery."""
+        """Every pending verification this process holds, for recovery."""
         ...
 
     async def sms_sent(self, v: Verification) -> bool:

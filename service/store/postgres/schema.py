@@ -73,6 +73,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
     CREATE INDEX outbox_due ON outbox (next_attempt_at, seq) WHERE sent_at IS NULL;
     """,
+    # Replicas: each holds the owner-only work (the SMS, the deadline, publishing) of what it
+    # started or adopted, under a lease renewed in `replicas`; see `service.store.postgres.lease`.
+    """
+    CREATE SEQUENCE replica_epochs;
+    CREATE TABLE replicas (
+        name text PRIMARY KEY,
+        -- Bumped by every start of the name: the fence of its previous life's writes.
+        epoch bigint NOT NULL,
+        -- Unix seconds by the database's clock; 0 once the replica has handed its work over.
+        lease_until double precision NOT NULL,
+        started_at double precision NOT NULL
+    );
+    -- The replica holding a pending verification's owner-only work; NULL: anyone may adopt it.
+    ALTER TABLE verifications ADD COLUMN holder text;
+    CREATE INDEX verifications_held ON verifications (holder) WHERE status = 'pending';
+    -- One pending verification per caller and number, whichever replica is asked to start it.
+    CREATE UNIQUE INDEX verifications_one_pending ON verifications (owner, phone)
+        WHERE status = 'pending';
+    -- The replica that publishes an outcome: the one that decided it, or its adopter. The
+    -- index serves both halves of a replica's read of what is due (see `store.DUE`).
+    ALTER TABLE outbox ADD COLUMN holder text;
+    CREATE INDEX outbox_held ON outbox (holder, next_attempt_at, seq) WHERE sent_at IS NULL;
+    """,
 )
 
 

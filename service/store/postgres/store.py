@@ -1,9 +1,10 @@
-"""The PostgreSQL store: SQLite's tables and transitions, in SQL for asyncpg and its pool.
+"""The PostgreSQL store: SQLite's tables and transitions, for replicas sharing one database.
 
 Each method is one transaction, most of them one statement: PostgreSQL commits concurrent
 transactions together itself, so SQLite's group commit has nothing to add here. Every transition
 is conditional in its own statement (`status = 'pending'`, and the attempts a caller saw), so it
-holds whoever else writes meanwhile. The schema and its migrations are in `schema`.
+holds whoever else writes meanwhile; owner-only work is fenced by this replica's lease in the
+same statement too (`lease`). The schema and its migrations are in `schema`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from service.errors import ConfigError, StoreUnavailable
-from service.models import Clock, Status, Verification
+from service.errors import StoreUnavailable
+from service.models import Clock, Verification
 from service.store.base import Decided, KeyHolder, OutboxRecord, Purged
+from service.store.postgres.lease import PostgresLease, valid
+from service.store.postgres.rows import (
+    COLUMNS,
+    SELECT_VERIFICATION,
+    as_row,
+    as_verification,
+    prefixed,
+)
 from service.store.postgres.schema import migrate
 
 T = TypeVar("T")
@@ -37,54 +47,69 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: a standby, during a failover
 )
 
-COLUMNS = (
-    "id, phone, reference, status, salt, attempts_left, attempts, created_at, expires_at,"
-    " completed_at, sms_sent_at, sms_id, reason, owner"
-)
-INSERT_VERIFICATION = (
-    f"INSERT INTO verifications ({COLUMNS})"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-)
-SELECT_VERIFICATION = f"SELECT {COLUMNS} FROM verifications WHERE id = $1"
+#: This replica's lease at its epoch ($1 and $2 of the statements below): the fence.
+HELD = valid("$1", "$2")
+
+# Held by this replica, if its lease holds: a replica whose lease lapsed starts nothing, as no one
+# would adopt what it started. A pending one for the same caller and number is left as it is.
+INSERT_VERIFICATION = f"""
+    INSERT INTO verifications ({COLUMNS}, holder)
+    SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $1 WHERE {HELD}
+    ON CONFLICT (owner, phone) WHERE status = 'pending' DO NOTHING
+"""
+SELECT_PENDING_FOR = f"""
+    SELECT {COLUMNS} FROM verifications WHERE owner = $1 AND phone = $2 AND status = 'pending'
+"""
 
 # One statement: the conditional UPDATE of each verification still pending, and the outcome of
 # each one it changed, in the order given. A replica deciding the same row meanwhile holds its
 # lock; once it commits, the row is re-read and no longer pending, so it is not changed twice.
-FINISH = """
+# An owner-only decision (`fenced`: the deadline's, the SMS's) applies only while this replica
+# holds the row under a valid lease. The outcome is this replica's to publish, if its lease
+# holds; else no one's, until a replica adopts it.
+FINISH = f"""
     WITH decided AS (
         SELECT * FROM unnest(
-            $1::text[], $2::text[], $3::integer[], $4::integer[], $5::double precision[],
-            $6::text[], $7::text[]
-        ) WITH ORDINALITY AS d (id, status, attempts_left, attempts, completed_at, reason, body, n)
+            $3::text[], $4::text[], $5::integer[], $6::integer[], $7::double precision[],
+            $8::text[], $9::text[], $10::boolean[]
+        ) WITH ORDINALITY
+            AS d (id, status, attempts_left, attempts, completed_at, reason, body, fenced, n)
+    ), held AS (
+        SELECT {HELD} AS ok
     ), applied AS (
         UPDATE verifications AS v SET status = d.status, attempts_left = d.attempts_left,
             attempts = d.attempts, completed_at = d.completed_at, reason = d.reason
         FROM decided AS d WHERE v.id = d.id AND v.status = 'pending'
+            AND (NOT d.fenced OR (v.holder = $1 AND (SELECT ok FROM held)))
         RETURNING v.id, v.status, d.body, d.n
     ), outcomes AS (
-        INSERT INTO outbox (verification_id, status, body, created_at)
-        SELECT id, status, body, $8 FROM applied ORDER BY n
+        INSERT INTO outbox (verification_id, status, body, created_at, holder)
+        SELECT id, status, body, $11, CASE WHEN (SELECT ok FROM held) THEN $1 END
+        FROM applied ORDER BY n
         ON CONFLICT (verification_id) DO NOTHING
+        RETURNING holder
     )
-    SELECT id FROM applied
+    SELECT id, (SELECT count(*) FROM outcomes WHERE holder IS NOT NULL) FROM applied
 """
-SHORTEN = """
+SHORTEN = f"""
     UPDATE verifications AS v SET expires_at = s.expires_at
-    FROM unnest($1::text[], $2::double precision[]) AS s (id, expires_at)
+    FROM unnest($3::text[], $4::double precision[]) AS s (id, expires_at)
     WHERE v.id = s.id AND v.status = 'pending' AND v.expires_at > s.expires_at
+        AND v.holder = $1 AND {HELD}
 """
 
 OUTBOX_COLUMNS = "seq, verification_id, status, body, attempts"
-#: Records due again after a refusal, by when they are due, then those never refused, oldest
-#: first: both halves walk the index `outbox_due` from a start, so a read costs `limit` rows.
+#: This replica's records due again after a refusal, by when they are due, then those never
+#: refused, oldest first: both halves walk the index `outbox_held` from a start, so a read
+#: costs `limit` rows, however many other replicas hold.
 DUE = f"""
     SELECT {OUTBOX_COLUMNS} FROM (
         (SELECT 0 AS part, next_attempt_at, {OUTBOX_COLUMNS} FROM outbox
-         WHERE sent_at IS NULL AND next_attempt_at > 0 AND next_attempt_at <= $1
+         WHERE holder = $3 AND sent_at IS NULL AND next_attempt_at > 0 AND next_attempt_at <= $1
          ORDER BY next_attempt_at, seq LIMIT $2)
         UNION ALL
         (SELECT 1, next_attempt_at, {OUTBOX_COLUMNS} FROM outbox
-         WHERE sent_at IS NULL AND next_attempt_at = 0 ORDER BY seq LIMIT $2)
+         WHERE holder = $3 AND sent_at IS NULL AND next_attempt_at = 0 ORDER BY seq LIMIT $2)
     ) AS due ORDER BY part, next_attempt_at, seq LIMIT $2
 """
 #: What of a refusal's error the outbox keeps.
@@ -112,7 +137,7 @@ DROP_UNDELIVERED = f"""
             SELECT seq, created_at FROM outbox WHERE sent_at IS NULL
             ORDER BY seq LIMIT {PURGE_CHUNK}) AS oldest
         WHERE created_at < $1)
-    RETURNING seq
+    RETURNING holder
 """
 PURGE_SENT_OUTCOMES = f"""
     DELETE FROM outbox WHERE seq IN (
@@ -134,15 +159,12 @@ PURGE_IDEMPOTENCY_KEYS = f"""
 class PostgresStore:
     """The `Store` on a PostgreSQL database, through a pool of asyncpg connections.
 
-    Open with `await PostgresStore.open(url, clock=...)`; close with `await store.close()`.
+    Open with `await PostgresStore.open(url, clock=..., replica=...)`; close with
+    `await store.close()`, which hands this replica's work over to the others at once.
     """
 
-    def __init__(
-        self, pool: asyncpg.Pool, clock: Clock, unsent: int, owner: asyncpg.Connection | None = None
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, name: str, lease_seconds: float) -> None:
         self._pool = pool
-        #: The connection holding this process's claim on the database (see `_claim`).
-        self._owner = owner
         self._clock = clock
         self._closed = False
         self._failing_since: float | None = None
@@ -150,9 +172,10 @@ class PostgresStore:
         self._writing: set[asyncio.Task[Any]] = set()
         #: Called after an outcome is committed to the outbox (the publisher's wake-up).
         self.on_outcome: Callable[[], None] = lambda: None
-        #: Unsent outcomes, so /metrics needs no count over them: counted at open, then changed
-        #: by each of this process's writes that changes it (one replica: see `outbox_depth`).
-        self._unsent = unsent
+        #: This replica's unsent outcomes, so /metrics needs no count over them: counted at
+        #: open, then changed by each write that changes it (see `outbox_depth`).
+        self._unsent = 0
+        self.lease = PostgresLease(name, lease_seconds, self._write, self._adopted_outcomes)
 
     @classmethod
     async def open(
@@ -160,16 +183,17 @@ class PostgresStore:
         url: str,
         *,
         clock: Clock,
+        replica: str = "",
+        lease_seconds: float = 5.0,
         lock_timeout_ms: int = 5000,
         command_timeout: float = 30.0,
         min_size: int = 2,
         max_size: int = 10,
-        exclusive: bool = True,
     ) -> PostgresStore:
-        """Connect, migrate the schema (once, whatever other replicas start meanwhile), count.
+        """Connect, migrate the schema (once, whatever other replicas start meanwhile), join.
 
-        `exclusive` holds the database for this process (refusing a second one), as the service
-        must until replicas share work by lease; tests of concurrent writers open several.
+        `replica` names this replica for its lease (a random name if empty): a restart under
+        the same name takes its own work back at once, where another name waits for the lease.
         """
         try:
             pool = await asyncpg.create_pool(
@@ -192,49 +216,73 @@ class PostgresStore:
             )
         except TRANSIENT as exc:
             raise _unavailable(exc) from exc
-        owner = None
+        store = cls(pool, clock, replica or f"replica-{secrets.token_hex(4)}", lease_seconds)
         try:
-            if exclusive:
-                owner = await _claim(url)
             async with pool.acquire() as db:
                 await migrate(db)
-                unsent = await db.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            await store.lease.join()
+            store._unsent = await store._read(
+                lambda db: db.fetchval(
+                    "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND holder = $1",
+                    store.lease.name,
+                )
+            )
         except BaseException as exc:
-            if owner is not None:
-                await owner.close()
             await pool.close()
             if isinstance(exc, TRANSIENT):
                 raise _unavailable(exc) from exc
             raise
-        return cls(pool, clock, int(unsent), owner)
+        return store
 
     async def close(self) -> None:
-        """Wait for the writes under way, then close the pool; later writes are refused."""
-        self._closed = True
+        """Wait for the writes under way, hand the work over, then close the pool."""
         if self._writing:
             await asyncio.wait(set(self._writing))
+        if not self._closed:
+            with contextlib.suppress(StoreUnavailable):  # unreachable: the lease lapses instead
+                await self.lease.leave()
+        self._closed = True
         await self._pool.close()
-        if self._owner is not None:
-            await self._owner.close()  # the session ends, and its claim with it
+
+    @property
+    def _fence(self) -> tuple[str, int]:
+        """The parameters $1 and $2 of every fenced statement."""
+        return self.lease.name, self.lease.epoch
 
     # -- verifications -------------------------------------------------------------------------
 
     async def insert(
         self, v: Verification, key: str | None = None, digest: bytes = b""
-    ) -> KeyHolder | None:
-        """Record a new verification and its idempotency key, if any, in one transaction.
+    ) -> KeyHolder | Verification | None:
+        """Record a new verification, held here, and its idempotency key, if any, at once.
 
-        If the key is already taken, nothing is written and its holder is returned instead.
+        If the key is already taken, nothing is written and its holder is returned instead; if
+        the caller has a verification pending for this number, nothing is written and it is
+        returned. A replica whose lease lapsed is refused (StoreUnavailable): it is handing over.
         """
 
-        async def write(db: asyncpg.Connection) -> KeyHolder | None:
-            async with db.transaction():
-                if key is not None:
-                    holder = await _claim_key(db, key, v.id, digest, v.created_at)
-                    if holder is not None:
-                        return holder
-                await db.execute(INSERT_VERIFICATION, *_row(v))
-            return None
+        async def write(db: asyncpg.Connection) -> KeyHolder | Verification | None:
+            while True:
+                try:
+                    async with db.transaction():
+                        if key is not None:
+                            holder = await _claim_key(db, key, v.id, digest, v.created_at)
+                            if holder is not None:
+                                return holder
+                        status = await db.execute(INSERT_VERIFICATION, *self._fence, *as_row(v))
+                        if _count(status) == 1:
+                            return None
+                        raise _NotInserted()  # the key's claim, if any, is rolled back
+                except _NotInserted:
+                    pass
+                row = await db.fetchrow(SELECT_PENDING_FOR, v.owner, v.phone)
+                if row is not None:
+                    return as_verification(row)
+                if not await db.fetchval(f"SELECT {HELD}", *self._fence):
+                    raise StoreUnavailable(
+                        "This replica's lease lapsed: it is handing its work over; try again."
+                    )
+                # The pending one ended between the two statements: try again.
 
         return await self._write(write)
 
@@ -254,13 +302,13 @@ class PostgresStore:
 
     async def get(self, verification_id: str) -> Verification | None:
         row = await self._read(lambda db: db.fetchrow(SELECT_VERIFICATION, verification_id))
-        return _verification(row) if row is not None else None
+        return as_verification(row) if row is not None else None
 
     async def by_idempotency_key(self, key: str) -> KeyHolder | None:
         # A key outlives its verification by at most one retention sweep: then it is unused.
         row = await self._read(
             lambda db: db.fetchrow(
-                f"SELECT k.request_hash, {', '.join(f'v.{c}' for c in COLUMNS.split(', '))}"
+                f"SELECT k.request_hash, {prefixed('v')}"
                 " FROM idempotency_keys AS k JOIN verifications AS v ON v.id = k.verification_id"
                 " WHERE k.key = $1",
                 key,
@@ -268,19 +316,27 @@ class PostgresStore:
         )
         if row is None:
             return None
-        return KeyHolder(_verification(tuple(row)[1:]), bytes(row[0]))
+        return KeyHolder(as_verification(tuple(row)[1:]), bytes(row[0]))
 
     async def pending(self) -> list[Verification]:
+        """The pending verifications this replica holds: those of its name's earlier life.
+
+        The others' are adopted when their lease lapses (`lease.adopt`), not read here.
+        """
         rows = await self._read(
-            lambda db: db.fetch(f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending'")
+            lambda db: db.fetch(
+                f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending' AND holder = $1",
+                self.lease.name,
+            )
         )
-        return [_verification(r) for r in rows]
+        return [as_verification(r) for r in rows]
 
     async def sms_sent(self, v: Verification) -> bool:
-        """Checkpoint the SMS; False if the verification is no longer pending."""
+        """Checkpoint the SMS; False if the verification is no longer pending, or held here."""
         return await self._update(
-            "UPDATE verifications SET sms_sent_at = $1, sms_id = $2"
-            " WHERE id = $3 AND status = 'pending'",
+            "UPDATE verifications SET sms_sent_at = $3, sms_id = $4"
+            f" WHERE id = $5 AND status = 'pending' AND holder = $1 AND {HELD}",
+            *self._fence,
             v.sms_sent_at,
             v.sms_id,
             v.id,
@@ -309,36 +365,37 @@ class PostgresStore:
         if not earliest:
             return
         ids, deadlines = list(earliest), list(earliest.values())
-        await self._write(lambda db: db.execute(SHORTEN, ids, deadlines))
+        await self._write(lambda db: db.execute(SHORTEN, *self._fence, ids, deadlines))
 
     async def finish(self, decided: Sequence[Decided]) -> set[str]:
         """Write final states and their outbox records in one transaction (one statement).
 
-        Only verifications still pending change; the ids of those that did are returned, and
-        only they get an outcome: a verification is decided once, whatever retries happen.
+        Only verifications still pending change (and, for a fenced decision, only those held
+        here under a valid lease); the ids of those that did are returned, and only they get an
+        outcome: a verification is decided once, whatever retries happen, on whichever replica.
         """
         first: dict[str, Decided] = {}
         for d in decided:  # the first decision of a verification wins, as it would in order
             first.setdefault(d.verification.id, d)
         if not first:
             return set()
-        columns: list[list[Any]] = [[], [], [], [], [], [], []]
+        columns: list[list[Any]] = [[], [], [], [], [], [], [], []]
         for d in first.values():
             v = d.verification
             values = (
                 v.id, v.status.value, v.attempts_left, v.attempts, v.completed_at, v.reason,
-                d.outcome,
+                d.outcome, d.fenced,
             )  # fmt: skip
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         now = self._clock()
 
         async def write(db: asyncpg.Connection) -> set[str]:
-            rows = await db.fetch(FINISH, *columns, now)
+            rows = await db.fetch(FINISH, *self._fence, *columns, now)
             applied = {row[0] for row in rows}
             if applied:
                 # Here, not after the shield: counted even if the caller has given up.
-                self._unsent += len(applied)  # one outbox record each
+                self._unsent += int(rows[0][1])  # the outcomes this replica is to publish
                 self.on_outcome()
             return applied
 
@@ -347,10 +404,15 @@ class PostgresStore:
     # -- the outbox -------------------------------------------------------------------------------
 
     async def due(self, limit: int, now: float) -> list[OutboxRecord]:
-        """Unsent records due by `now`: those tried again after a refusal first, then the others,
-        oldest first, `limit` at most.
+        """This replica's unsent records due by `now`: those tried again after a refusal first,
+        then the others, oldest first, `limit` at most.
+
+        None while the lease is not surely valid: a message sent to the queue cannot be taken
+        back, so a replica that may have lost its records to another sends nothing.
         """
-        rows = await self._read(lambda db: db.fetch(DUE, now, limit))
+        if not self.lease.trusted:
+            return []
+        rows = await self._read(lambda db: db.fetch(DUE, now, limit, self.lease.name))
         return [OutboxRecord(*row) for row in rows]
 
     async def mark_sent(self, seqs: Sequence[int]) -> None:
@@ -360,7 +422,9 @@ class PostgresStore:
 
         async def write(db: asyncpg.Connection) -> None:
             status = await db.execute(
-                "UPDATE outbox SET sent_at = $1 WHERE seq = ANY($2::bigint[]) AND sent_at IS NULL",
+                "UPDATE outbox SET sent_at = $3 WHERE seq = ANY($4::bigint[]) AND sent_at IS NULL"
+                f" AND holder = $1 AND {HELD}",
+                *self._fence,
                 now,
                 list(seqs),
             )
@@ -370,8 +434,9 @@ class PostgresStore:
 
     async def defer(self, seq: int, until: float, error: str) -> None:
         await self._update(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2"
-            " WHERE seq = $3 AND sent_at IS NULL",
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4"
+            f" WHERE seq = $5 AND sent_at IS NULL AND holder = $1 AND {HELD}",
+            *self._fence,
             until,
             error[:MAX_ERROR_LENGTH],
             seq,
@@ -380,16 +445,17 @@ class PostgresStore:
     async def next_due(self) -> float | None:
         value = await self._read(
             lambda db: db.fetchval(
-                "SELECT next_attempt_at FROM outbox WHERE sent_at IS NULL"
-                " ORDER BY next_attempt_at LIMIT 1"
+                "SELECT next_attempt_at FROM outbox WHERE holder = $1 AND sent_at IS NULL"
+                " ORDER BY next_attempt_at LIMIT 1",
+                self.lease.name,
             )
         )
         return float(value) if value is not None else None
 
     async def outbox_depth(self) -> tuple[int, float | None]:
-        """Unsent outcomes and the creation time of the oldest of them; no scan of them.
+        """This replica's unsent outcomes, and the creation time of the oldest of all of them.
 
-        The count is this process's: right for one replica, which is what this store is so far.
+        The count is kept, not counted: the sum over the replicas is the outbox's depth.
         """
         oldest = await self._read(
             lambda db: db.fetchval(
@@ -412,7 +478,9 @@ class PostgresStore:
             async with db.transaction():
                 masked = await db.fetch(REDACT_PHONES, redact_before)
                 await _redact_outcomes(db, {row[0]: row[1] for row in masked})
-                dropped = len(await db.fetch(DROP_UNDELIVERED, finished_before))
+                holders = [row[0] for row in await db.fetch(DROP_UNDELIVERED, finished_before)]
+                dropped = len(holders)
+                mine = holders.count(self.lease.name)
                 touched = len(masked) + dropped
                 for sql, before in (
                     (PURGE_SENT_OUTCOMES, sent_before),
@@ -420,7 +488,7 @@ class PostgresStore:
                     (PURGE_IDEMPOTENCY_KEYS, finished_before),
                 ):
                     touched += _count(await db.execute(sql, before))
-            self._unsent -= dropped
+            self._unsent -= mine
             return Purged(touched, dropped)
 
         return await self._write(write)
@@ -431,6 +499,10 @@ class PostgresStore:
     def healthy(self) -> bool:
         """False from a failed write until the next one that succeeds."""
         return self._failing_since is None
+
+    def _adopted_outcomes(self, count: int) -> None:
+        self._unsent += count
+        self.on_outcome()
 
     async def probe(self) -> bool:
         """Try a write that changes nothing; True if the database takes writes.
@@ -531,7 +603,7 @@ async def _claim_key(
                 key,
             )
             return None
-        return KeyHolder(_verification(row), bytes(held[1]))
+        return KeyHolder(as_verification(row), bytes(held[1]))
 
 
 async def _redact_outcomes(db: asyncpg.Connection, phones: dict[str, str]) -> None:
@@ -571,41 +643,5 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
     )
 
 
-def _row(v: Verification) -> tuple[Any, ...]:
-    # Spelled out: dataclasses.astuple deep-copies, and this runs for every start.
-    return (
-        v.id, v.phone, v.reference, v.status.value, v.salt, v.attempts_left, v.attempts,
-        v.created_at, v.expires_at, v.completed_at, v.sms_sent_at, v.sms_id, v.reason, v.owner,
-    )  # fmt: skip
-
-
-def _verification(row: Any) -> Verification:
-    # Columns are in field order; only the status needs turning back into its enum.
-    row = tuple(row)
-    return Verification(*row[:3], Status(row[3]), *row[4:])  # type: ignore[call-arg]
-
-
-#: The advisory lock a process holds on its database for its life: one replica per database
-#: until replicas share work by lease (the next step).
-OWNER_LOCK = 0x7665726966790002  # not MIGRATION_LOCK: a claim must not block migrating
-
-
-async def _claim(url: str) -> asyncpg.Connection:
-    """Hold the database for this process, on a connection of its own, or refuse to start.
-
-    A session-level advisory lock: the server drops it when the session ends, a crash or a
-    SIGKILL included, so nothing stale is left behind.
-    """
-    db = await asyncpg.connect(url)
-    try:
-        taken = await db.fetchval("SELECT pg_try_advisory_lock($1)", OWNER_LOCK)
-    except BaseException:
-        await db.close()
-        raise
-    if not taken:
-        await db.close()
-        raise ConfigError(
-            "The database in 'database.url' is in use by another process of this service. One"
-            " process per database for now: stop that one, or give this one its own database."
-        )
-    return db
+class _NotInserted(Exception):
+    """Rolls back an insert's transaction: the verification was not written."""
