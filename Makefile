@@ -11,7 +11,7 @@ FAST ?= not slow
 # Other Pythons the suite runs on (`make test-3.13`), each in its own .venv-<version>.
 OTHER_PYTHONS := 3.12 3.13
 
-.PHONY: all install run test test-fast test-postgres $(OTHER_PYTHONS:%=test-%) lint format typecheck bench localstack prism clean
+.PHONY: all install run run-replicas test test-fast test-postgres $(OTHER_PYTHONS:%=test-%) lint format typecheck bench localstack prism clean
 
 all: lint typecheck test
 
@@ -36,6 +36,12 @@ $(PRISM):
 ## The service on http://127.0.0.1:8080 with LocalStack SQS and a consumer printing every outcome.
 run: install localstack
 	scripts/run-dev.sh
+
+## Three replicas on one PostgreSQL, on http://127.0.0.1:8081, 8082 and 8083, with LocalStack SQS
+## and a consumer. PostgreSQL 15 is started natively on port 5433 (Debian's postgresql-15, data in
+## .run/replicas/postgres), unless VERIFY_DATABASE_URL names a server.
+run-replicas: install localstack
+	scripts/run-replicas.sh
 
 ## The whole suite: LocalStack and Prism are started by the tests themselves.
 test: install localstack prism
