@@ -96,7 +96,7 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
     """The orchestrator, with every pending verification recovered before the first request."""
     settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
     codes = CodeBook(load_secret(settings.database), settings.verification.code_length)
-    limits = Limits(settings.limits, clock=time.time, observer=metrics)
+    limits = Limits(settings.limits, clock=time.time, observer=metrics, tally=store.tally)
     challenges = Challenges(
         app[sender_key], codes, limits, settings.sms, clock=time.time, observer=metrics
     )

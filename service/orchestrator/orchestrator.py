@@ -212,14 +212,14 @@ class Orchestrator:
                 holder = await self._store.by_idempotency_key(idempotency_key)
                 if holder is not None:
                     return Started(self._replayed(holder, digest), created=False, replayed=True)
-            admitted = self._limits.admit(phone, owner)
+            admitted = await self._limits.admit(phone, owner)
             try:
                 started = await self._start(phone, reference, owner, idempotency_key, digest)
             except BaseException:
-                self._limits.refund(phone, owner, admitted)
+                await self._limits.refund(phone, owner, admitted)
                 raise
             if started.replayed:
-                self._limits.refund(phone, owner, admitted)
+                await self._limits.refund(phone, owner, admitted)
             return started
 
     async def _start(

@@ -59,7 +59,7 @@ class Challenges:
         for attempt in range(len(self._delays) + 1):
             if attempt > 0:
                 await asyncio.sleep(min(self._delays[attempt - 1], self._left(v)))
-            if (attempt > 0 or not charged) and not self._limits.charge(v.phone):
+            if (attempt > 0 or not charged) and not await self._limits.charge(v.phone):
                 raise self._failed(SmsRejected("the SMS limit for this number is reached"))
             try:
                 return await self._try(v)

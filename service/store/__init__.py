@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from service.errors import ConfigError
 from service.models import Clock
-from service.store.base import Decided, KeyHolder, Lease, Outbox, Purged, Store
+from service.store.base import Decided, KeyHolder, Lease, Outbox, Purged, Store, Tally, Window
 
 if TYPE_CHECKING:
     from service.config import DatabaseSettings
@@ -24,6 +24,8 @@ __all__ = [
     "Outbox",
     "Purged",
     "Store",
+    "Tally",
+    "Window",
     "check_url",
     "database_url",
     "is_postgres",

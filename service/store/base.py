@@ -82,6 +82,30 @@ class Outbox(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """At most `limit` events per `seconds` for `key`, among the windows called `name`."""
+
+    name: str
+    key: str
+    limit: int
+    seconds: float
+
+
+class Tally(Protocol):
+    """The limits' sliding windows of events, where every replica counts in the same ones."""
+
+    async def count(self, windows: Sequence[Window], now: float) -> tuple[int, float] | None:
+        """Count one event at `now` in each window, if every one of them has room; else count
+        nothing, and return the index of a full one and the seconds until it has room.
+        """
+        ...
+
+    async def uncount(self, windows: Sequence[Window], at: float) -> None:
+        """Take back the event `count` counted at `at`: what it was for did not happen."""
+        ...
+
+
 class Lease(Protocol):
     """A replica's hold on its owner-only work, where several replicas share one database.
 
@@ -132,6 +156,13 @@ class Store(Outbox, Protocol):
     @property
     def lease(self) -> Lease | None:
         """None where this process has the database to itself (SQLite): all of it is its own."""
+        ...
+
+    @property
+    def tally(self) -> Tally | None:
+        """The limits' windows where replicas share the database; None: this process counts
+        them itself, in memory.
+        """
         ...
 
     async def close(self) -> None:

@@ -96,6 +96,56 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE outbox ADD COLUMN holder text;
     CREATE INDEX outbox_held ON outbox (holder, next_attempt_at, seq) WHERE sent_at IS NULL;
     """,
+    # The limits' windows, shared by the replicas (`service.store.postgres.tally`): each window
+    # counted in tenths of its length, so a check sums ten rows whatever the limit.
+    """
+    CREATE TABLE limit_counts (
+        bucket text NOT NULL,
+        slot bigint NOT NULL,
+        n integer NOT NULL,
+        -- When the slot leaves its window: rows of numbers not seen again are swept by then.
+        until double precision NOT NULL,
+        PRIMARY KEY (bucket, slot)
+    );
+    CREATE INDEX limit_counts_until ON limit_counts (until);
+
+    -- One event at `now` in every window if each has room, else none; (0, 0) when counted, or
+    -- (i, seconds until window i has room). Buckets are locked in a fixed order, so replicas
+    -- counting in the same windows at once take turns, never both over the limit.
+    CREATE FUNCTION limits_count(
+        buckets text[], limits integer[], seconds double precision[], now double precision
+    ) RETURNS TABLE (refused integer, wait double precision) LANGUAGE plpgsql AS $$
+    DECLARE
+        i integer;
+        width double precision;
+        first_slot bigint;
+        total bigint;
+        oldest bigint;
+    BEGIN
+        FOR i IN SELECT b.i FROM unnest(buckets) WITH ORDINALITY AS b (name, i) ORDER BY b.name
+        LOOP
+            PERFORM pg_advisory_xact_lock(hashtextextended(buckets[i], 0));
+        END LOOP;
+        FOR i IN 1 .. cardinality(buckets) LOOP
+            width := seconds[i] / 10;
+            first_slot := floor((now - seconds[i]) / width)::bigint + 1;
+            SELECT coalesce(sum(c.n), 0), min(c.slot) INTO total, oldest
+            FROM limit_counts AS c WHERE c.bucket = buckets[i] AND c.slot >= first_slot;
+            IF total >= limits[i] THEN
+                RETURN QUERY SELECT i, greatest(oldest * width + seconds[i] - now, width / 10);
+                RETURN;
+            END IF;
+        END LOOP;
+        FOR i IN 1 .. cardinality(buckets) LOOP
+            width := seconds[i] / 10;
+            INSERT INTO limit_counts AS c (bucket, slot, n, until)
+            VALUES (buckets[i], floor(now / width)::bigint, 1,
+                    (floor(now / width) + 1) * width + seconds[i])
+            ON CONFLICT (bucket, slot) DO UPDATE SET n = c.n + 1;
+        END LOOP;
+        RETURN QUERY SELECT 0, 0.0::double precision;
+    END $$;
+    """,
 )
 
 

@@ -30,6 +30,8 @@ from service.store.postgres.rows import (
     prefixed,
 )
 from service.store.postgres.schema import migrate
+from service.store.postgres.tally import SWEEP as SWEEP_LIMITS
+from service.store.postgres.tally import PostgresTally
 
 T = TypeVar("T")
 Work = Callable[[asyncpg.Connection], Awaitable[T]]
@@ -176,6 +178,7 @@ class PostgresStore:
         #: open, then changed by each write that changes it (see `outbox_depth`).
         self._unsent = 0
         self.lease = PostgresLease(name, lease_seconds, self._write, self._adopted_outcomes)
+        self.tally = PostgresTally(self._write)
 
     @classmethod
     async def open(
@@ -488,6 +491,8 @@ class PostgresStore:
                     (PURGE_IDEMPOTENCY_KEYS, finished_before),
                 ):
                     touched += _count(await db.execute(sql, before))
+                # The limits' slots that left their windows: an hour's margin for clock steps.
+                touched += _count(await db.execute(SWEEP_LIMITS, self._clock() - 3600, PURGE_CHUNK))
             self._unsent -= mine
             return Purged(touched, dropped)
 

@@ -17,7 +17,7 @@ import aiosqlite
 
 from service.errors import StoreUnavailable
 from service.models import Clock, Status, Verification
-from service.store.base import Decided, KeyHolder, Lease, OutboxRecord, Purged
+from service.store.base import Decided, KeyHolder, Lease, OutboxRecord, Purged, Tally
 from service.store.sqlite.files import DatabaseLock, make_private
 from service.store.sqlite.schema import open_writer
 from service.store.sqlite.writer import GroupCommit, Write, WriterThread
@@ -102,6 +102,8 @@ class SqliteStore:
         self.on_outcome: Callable[[], None] = lambda: None
         #: None: this process has the file to itself (`files`), so all of it is its own.
         self.lease: Lease | None = None
+        #: None: the limits are counted in this process's memory.
+        self.tally: Tally | None = None
         #: Unsent outcomes, so /metrics needs no count over them: counted once at open, before
         #: any write, then changed by each write that changes it.
         self._unsent = 0
