@@ -21,7 +21,7 @@ from service.limits import Limits
 from service.metrics import Metrics, metrics_key, metrics_middleware
 from service.orchestrator.orchestrator import Orchestrator
 from service.orchestrator.recovery import recover
-from service.orchestrator.tenure import keep_tenure
+from service.orchestrator.tenure import Tenure
 from service.push.sqs import Publisher
 from service.readiness import Readiness, readiness_key
 from service.retention import keep_sweeping
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 #: How long a stop waits, once the orchestrator has stopped, for its last outcomes to reach SQS.
 FLUSH_SECONDS = 1.0
 
-#: The task keeping this replica's lease, where replicas share the database.
-tenure_key: web.AppKey[asyncio.Task[None]] = web.AppKey("tenure")
+#: What keeps this replica's lease, where replicas share the database.
+tenure_key = web.AppKey("tenure", Tenure)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -49,9 +49,9 @@ def create_app(settings: Settings) -> web.Application:
     app[settings_key] = settings
     app[metrics_key] = metrics
     app[readiness_key] = Readiness()
-    # One context per resource, unwound in reverse: the sweeps stop, the lease stops being
-    # renewed, the orchestrator stops, the publisher sends what it decided meanwhile, then the
-    # SMS sender and the store close (where replicas share it, handing this one's work over).
+    # One context per resource, unwound in reverse: the sweeps stop, the orchestrator stops, the
+    # publisher sends what it decided meanwhile, then the SMS sender and the store close. Where
+    # replicas share the store, its lease is renewed to the last, then this one's work handed over.
     for context in (_store, _sender, _outcomes, _orchestrator, _tenure, _retention):
         app.cleanup_ctx.append(context)
     app.on_shutdown.append(_stop_domain)
@@ -81,6 +81,8 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         lease = store.lease
         app[readiness_key].add("lease", lambda: lease.trusted)
     yield
+    if tenure_key in app:
+        await app[tenure_key].stop()
     await store.close()
 
 
@@ -126,28 +128,18 @@ async def _tenure(app: web.Application) -> AsyncIterator[None]:
     if store.lease is None:
         yield
         return
-    tenure = asyncio.create_task(
-        keep_tenure(
-            store,
-            store.lease,
-            app[orchestrator_key],
-            time.time,
-            settings.verification.ttl_seconds,
-            metrics,
-        )
+    tenure = app[tenure_key] = Tenure(
+        store,
+        store.lease,
+        app[orchestrator_key],
+        time.time,
+        settings.verification.ttl_seconds,
+        metrics,
     )
-    app[tenure_key] = tenure
+    tenure.start()
+    # Stopped by the store's context, not here: the lease is renewed while the last
+    # verifications finish and their outcomes are flushed, until the store hands over.
     yield
-    await _stop_tenure(app)
-
-
-async def _stop_tenure(app: web.Application) -> None:
-    tenure = app.get(tenure_key)
-    if tenure is None:
-        return
-    tenure.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await tenure
 
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:
@@ -169,7 +161,8 @@ async def _stop_domain(app: web.Application) -> None:
     every decision is made.
     """
     # Nothing is adopted while stopping: what this replica holds is handed over at the close.
-    await _stop_tenure(app)
+    if tenure_key in app:
+        app[tenure_key].stop_adopting()
     await app[orchestrator_key].close(app[settings_key].server.shutdown_grace_seconds)
 
 

@@ -15,6 +15,7 @@ again under a new epoch, and recovers what is still its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from service.errors import StoreUnavailable
@@ -31,56 +32,81 @@ log = logging.getLogger(__name__)
 ADOPT_CHUNK = 2000
 
 
-async def keep_tenure(
-    store: Store,
-    lease: Lease,
-    orchestrator: Orchestrator,
-    clock: Clock,
-    ttl: float,
-    observer: Observer = IGNORED,
-) -> None:
-    """Renew the lease and adopt orphaned work, every `lease.check_seconds`, until cancelled."""
-    while True:
-        try:
-            if not await lease.renew():
-                await _rejoin(store, lease, orchestrator, clock, ttl)
-            await _adopt(store, lease, orchestrator, clock, ttl, observer)
-        except StoreUnavailable as exc:
-            # The fence holds without us: what this replica cannot renew it cannot write.
-            log.warning("could not renew the lease: %s", exc)
-        await asyncio.sleep(lease.check_seconds)
+class Tenure:
+    """Renews the lease and adopts orphaned work, every `lease.check_seconds`, until cancelled.
 
+    A stopping replica stops adopting first (`stop_adopting`), but keeps its lease while its
+    last verifications finish, until the store hands them over at its close.
+    """
 
-async def _rejoin(
-    store: Store, lease: Lease, orchestrator: Orchestrator, clock: Clock, ttl: float
-) -> None:
-    dropped = await orchestrator.abandon()
-    log.error(
-        "the lease lapsed (was this replica paused, or cut off?): letting go of %d"
-        " verifications, which other replicas may have taken over; joining again",
-        dropped,
-    )
-    await lease.join()
-    await recover(store, orchestrator, clock, ttl)
+    def __init__(
+        self,
+        store: Store,
+        lease: Lease,
+        orchestrator: Orchestrator,
+        clock: Clock,
+        ttl: float,
+        observer: Observer = IGNORED,
+    ) -> None:
+        self._store = store
+        self._lease = lease
+        self._orchestrator = orchestrator
+        self._clock = clock
+        self._ttl = ttl
+        self._observer = observer
+        self._adopting = True
+        self._task: asyncio.Task[None] | None = None
 
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
 
-async def _adopt(
-    store: Store,
-    lease: Lease,
-    orchestrator: Orchestrator,
-    clock: Clock,
-    ttl: float,
-    observer: Observer,
-) -> None:
-    while adopted := await lease.adopt(ADOPT_CHUNK):
-        observer.adopted(len(adopted))
-        result = await resume_all(store, orchestrator, adopted, clock, ttl)
-        log.warning(
-            "took over %d verifications of a replica that stopped renewing its lease"
-            " (%d expired, %d SMS to send)",
-            len(adopted),
-            result.expired,
-            result.resent,
+    def stop_adopting(self) -> None:
+        self._adopting = False
+
+    async def stop(self) -> None:
+        """Stop renewing: the last thing before the store closes, and hands the work over."""
+        self._adopting = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if not await self._lease.renew():
+                    await self._rejoin()
+                if self._adopting:
+                    await self._adopt()
+            except StoreUnavailable as exc:
+                # The fence holds without us: what this replica cannot renew it cannot write.
+                log.warning("could not renew the lease: %s", exc)
+            await asyncio.sleep(self._lease.check_seconds)
+
+    async def _rejoin(self) -> None:
+        dropped = await self._orchestrator.abandon()
+        log.error(
+            "the lease lapsed (was this replica paused, or cut off?): let go of %d"
+            " verifications, which other replicas may have taken over",
+            dropped,
         )
-        if len(adopted) < ADOPT_CHUNK:
-            return
+        if not self._adopting:
+            return  # stopping: nothing is taken up again
+        await self._lease.join()
+        await recover(self._store, self._orchestrator, self._clock, self._ttl)
+
+    async def _adopt(self) -> None:
+        while adopted := await self._lease.adopt(ADOPT_CHUNK):
+            self._observer.adopted(len(adopted))
+            result = await resume_all(
+                self._store, self._orchestrator, adopted, self._clock, self._ttl
+            )
+            log.warning(
+                "took over %d verifications of a replica that stopped renewing its lease"
+                " (%d expired, %d SMS to send)",
+                len(adopted),
+                result.expired,
+                result.resent,
+            )
+            if len(adopted) < ADOPT_CHUNK or not self._adopting:
+                return
