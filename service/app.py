@@ -98,6 +98,12 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
     """The orchestrator, with every pending verification recovered before the first request."""
     settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
     codes = CodeBook(load_secret(settings.database), settings.verification.code_length)
+    if await store.agree("code_book", codes.fingerprint()) != codes.fingerprint():
+        raise ConfigError(
+            "Another replica on this database makes its codes with a different secret or"
+            " length: give every replica the same database.secret (or secret_file) and"
+            " verification.code_length, else the codes one sends another refuses."
+        )
     limits = Limits(settings.limits, clock=time.time, observer=metrics, tally=store.tally)
     challenges = Challenges(
         app[sender_key], codes, limits, settings.sms, clock=time.time, observer=metrics

@@ -223,6 +223,13 @@ class Store(Outbox, Protocol):
         """
         ...
 
+    async def agree(self, name: str, value: str) -> str:
+        """The value of `name` that every process on this database uses: the first one's.
+
+        Alone on its database, a process agrees with itself: `value` is returned.
+        """
+        ...
+
     # -- the outbox's gauges, retention, health ---------------------------------------------------
 
     async def outbox_depth(self) -> tuple[int, float | None]:

@@ -146,6 +146,10 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN QUERY SELECT 0, 0.0::double precision;
     END $$;
     """,
+    # What every replica must use alike, set by the first (the code book's fingerprint).
+    """
+    CREATE TABLE shared_settings (name text PRIMARY KEY, value text NOT NULL);
+    """,
 )
 
 

@@ -404,6 +404,21 @@ class PostgresStore:
 
         return await self._write(write)
 
+    async def agree(self, name: str, value: str) -> str:
+        async def write(db: asyncpg.Connection) -> str:
+            await db.execute(
+                "INSERT INTO shared_settings (name, value) VALUES ($1, $2)"
+                " ON CONFLICT (name) DO NOTHING",
+                name,
+                value,
+            )
+            agreed: str = await db.fetchval(
+                "SELECT value FROM shared_settings WHERE name = $1", name
+            )
+            return agreed
+
+        return await self._write(write)
+
     # -- the outbox -------------------------------------------------------------------------------
 
     async def due(self, limit: int, now: float) -> list[OutboxRecord]:

@@ -277,6 +277,9 @@ class SqliteStore:
             self.on_outcome()
         return applied
 
+    async def agree(self, name: str, value: str) -> str:
+        return value  # one process per file: there is no one to disagree with
+
     # -- the outbox -------------------------------------------------------------------------------
 
     async def due(self, limit: int, now: float) -> list[OutboxRecord]:

@@ -224,3 +224,11 @@ async def test_an_epoch_is_never_given_twice_even_once_its_name_was_forgotten(
     again = await opened(replica="host:1")
 
     assert again.lease.epoch > first
+
+
+async def test_replicas_agree_on_what_the_first_one_set(opened: Opener) -> None:
+    a, b = await opened(), await opened()
+
+    assert await a.agree("code_book", "fingerprint-a") == "fingerprint-a"
+    assert await b.agree("code_book", "fingerprint-b") == "fingerprint-a"  # b must refuse
+    assert await b.agree("other", "x") == "x"
