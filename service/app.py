@@ -52,7 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     # One context per resource, unwound in reverse: the sweeps stop, the orchestrator stops, the
     # publisher sends what it decided meanwhile, then the SMS sender and the store close. Where
     # replicas share the store, its lease is renewed to the last, then this one's work handed over.
-    for context in (_store, _sender, _outcomes, _orchestrator, _tenure, _retention):
+    for context in (_store, _sender, _outcomes, _orchestrator, _retention):
         app.cleanup_ctx.append(context)
     app.on_shutdown.append(_stop_domain)
     setup_routes(app)
@@ -120,32 +120,22 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
     )
     metrics.watch_pending(lambda: orchestrator.pending_count)
     app[orchestrator_key] = orchestrator
+    ttl = settings.verification.ttl_seconds
+    tenure = None
+    if store.lease is not None:
+        # Renewing before recovery, which may take longer than a lease. Stopped by the store's
+        # context, not this one: the lease holds while the last verifications finish and their
+        # outcomes are flushed, until the store hands the rest over.
+        tenure = app[tenure_key] = Tenure(store, store.lease, orchestrator, time.time, ttl, metrics)
+        tenure.start()
     try:
-        await recover(store, orchestrator, time.time, settings.verification.ttl_seconds)
+        await recover(store, orchestrator, time.time, ttl)
+        if tenure is not None:
+            tenure.start_adopting()
         yield
     finally:
         # Closed at the stop's start already (`_stop_domain`): this one is for a failed start-up.
         await orchestrator.close(settings.server.shutdown_grace_seconds)
-
-
-async def _tenure(app: web.Application) -> AsyncIterator[None]:
-    """Where replicas share the database: keep the lease, and take over the work of dead ones."""
-    settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
-    if store.lease is None:
-        yield
-        return
-    tenure = app[tenure_key] = Tenure(
-        store,
-        store.lease,
-        app[orchestrator_key],
-        time.time,
-        settings.verification.ttl_seconds,
-        metrics,
-    )
-    tenure.start()
-    # Stopped by the store's context, not here: the lease is renewed while the last
-    # verifications finish and their outcomes are flushed, until the store hands over.
-    yield
 
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:

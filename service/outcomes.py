@@ -26,9 +26,10 @@ def outcome_of(v: Verification) -> str:
     )
 
 
-def decided(v: Verification, *, fenced: bool = False) -> Decided:
+def decided(v: Verification, *, fenced: bool = False, before: int | None = None) -> Decided:
     """`v`'s final state with its outcome, as `Store.finish` takes it.
 
-    `fenced`: decided by the deadline or the SMS, which only the verification's holder may do.
+    `fenced`: decided by the deadline or the SMS, which only the verification's holder may do;
+    `before`: the attempts of the state it was decided from.
     """
-    return Decided(v, outcome_of(v), fenced)
+    return Decided(v, outcome_of(v), fenced, before)

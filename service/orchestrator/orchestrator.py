@@ -30,7 +30,7 @@ import secrets
 import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
@@ -182,6 +182,8 @@ class Orchestrator:
         self._lease = store.lease
         #: Resends sent for verifications another replica holds (`_resend_held_elsewhere`).
         self._side_sends: set[asyncio.Task[None]] = set()
+        #: See `take_doubt`.
+        self._doubted = False
 
     @property
     def pending_count(self) -> int:
@@ -261,7 +263,9 @@ class Orchestrator:
         finals = [d.final for d in decisions if isinstance(d, Finish)]
         if not finals:
             return
-        applied = await self._store.finish([decided(v, fenced=True) for v in finals])
+        applied = await self._store.finish(
+            [decided(v, fenced=True, before=v.attempts) for v in finals]
+        )
         for v in finals:
             if v.id in applied:
                 self._observer.finished(v)
@@ -298,8 +302,6 @@ class Orchestrator:
         while or after the first runs, finds nothing left to stop.
         """
         self._stopping = True
-        for task in self._side_sends:
-            task.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while True:
@@ -307,6 +309,7 @@ class Orchestrator:
                 if run.waiter is not None and run.task is not None and run.sending is None:
                     run.task.cancel()
             busy = [r.task for r in self._runs.values() if r.task is not None and not r.task.done()]
+            busy += [task for task in self._side_sends if not task.done()]
             left = deadline - loop.time()
             if not busy or left <= 0:
                 break
@@ -318,6 +321,27 @@ class Orchestrator:
         # A task cancelled before its first step never ran the code that reaps it.
         for run in list(self._runs.values()):
             self._reap(run, asyncio.CancelledError())
+
+    def forget(self, verification_ids: Iterable[str]) -> int:
+        """Let go of the tasks of verifications another replica decided; how many went.
+
+        An idle task ends now, writing nothing; a busy one learns it from its next write.
+        """
+        forgotten = 0
+        for verification_id in verification_ids:
+            run = self._runs.get(verification_id)
+            idle = run is not None and run.waiter is not None and not run.inbox
+            if run is not None and idle and run.sending is None and run.task is not None:
+                run.task.cancel()
+                forgotten += 1
+        return forgotten
+
+    def take_doubt(self) -> bool:
+        """Whether a verification held here may have been left unarmed since the last call (a
+        start whose commit was not confirmed, a task that failed): then recovery runs again.
+        """
+        doubted, self._doubted = self._doubted, False
+        return doubted
 
     async def abandon(self) -> int:
         """Let go of every verification armed here, writing nothing: the lease was lost.
@@ -357,7 +381,11 @@ class Orchestrator:
             expires_at=now + self._settings.ttl_seconds,
             owner=owner,
         )
-        holder = await self._store.insert(v, key, digest)
+        try:
+            holder = await self._store.insert(v, key, digest)
+        except StoreUnavailable:
+            self._doubted = True  # the commit may have landed all the same, unarmed
+            raise
         if isinstance(holder, KeyHolder):  # the same key raced in from another request
             return Started(self._replayed(holder, digest), created=False, replayed=True)
         if holder is not None:  # pending for this number on another replica: send it again
@@ -443,7 +471,7 @@ class Orchestrator:
                         run.waiter = None
                 letter = run.next_command()
                 if letter is None:  # the deadline won the race
-                    await self._settle(run, decide(run.verification, Deadline(), self._clock()))
+                    await self._settle(run, Deadline())
                 else:
                     await self._step(run, *letter)
         except asyncio.CancelledError as exc:
@@ -454,8 +482,10 @@ class Orchestrator:
             failure = Unavailable("The verification was handed over; ask again.")
             log.info("verification handed over", extra={"verification_id": run.verification.id})
         except Exception as exc:
-            # A bug. The row is still pending on disk, and the next command for it re-arms it.
+            # A bug. The row is still pending on disk, and the next command for it re-arms it
+            # (alone on the database) or the next recovery (replicas: `take_doubt`).
             failure = exc
+            self._doubted = True
             log.exception(
                 "verification task failed", extra={"verification_id": run.verification.id}
             )
@@ -479,7 +509,8 @@ class Orchestrator:
                     await self._reload(run)
                 decision = decide(run.verification, command, self._clock())
                 if reply is None:
-                    await self._settle(run, decision)
+                    assert isinstance(command, Sent | SendFailed)
+                    await self._settle(run, command)
                     return
                 outcome = await self._apply(run, decision)
                 if outcome is None:  # the row changed meanwhile: decide again on what it holds
@@ -552,14 +583,8 @@ class Orchestrator:
         try:
             if after is not None:
                 await after  # cancelling this send cancels the one it waits for too
-            if self._lease is not None:
-                # An SMS cannot be taken back: none goes out unless the lease surely holds.
-                # Polled, not awaited: trust is lost by time passing, not by an event.
-                while True:
-                    if self._lease.trusted:
-                        break
-                    await asyncio.sleep(self._lease.check_seconds)
-            sms_id = await self._challenges.send(v, charged=charged)
+            ready = self._until_trusted if self._lease is not None else None
+            sms_id = await self._challenges.send(v, charged=charged, ready=ready)
         except SmsError as exc:
             log.warning(
                 "sms failed", extra={"verification_id": v.id, "reason": exc.reason, "first": first}
@@ -579,6 +604,15 @@ class Orchestrator:
                 run.sending = None
         run.deliver(Sent(sms_id))
 
+    async def _until_trusted(self) -> None:
+        """Return once the lease surely holds: an SMS cannot be taken back once it is sent."""
+        assert self._lease is not None
+        # Polled, not awaited: trust is lost by time passing, not by an event.
+        while True:
+            if self._lease.trusted:
+                return
+            await asyncio.sleep(self._lease.check_seconds)
+
     async def _checkpoint_sms(self, run: Run, sent: Verification) -> None:
         try:
             applied = await self._store.sms_sent(sent)
@@ -595,22 +629,30 @@ class Orchestrator:
 
     # -- decisions --------------------------------------------------------------------------------
 
-    async def _settle(self, run: Run, decision: Decision) -> None:
-        """Carry out a decision of the deadline or the SMS; a final status, until it holds.
+    async def _settle(self, run: Run, command: Deadline | Sent | SendFailed) -> None:
+        """Carry out what the deadline or the SMS decides; a final status, until it holds.
 
         No one is waiting to be answered 503, so a final status is tried again until the database
         takes it. Meanwhile, the commands that arrive are answered 503: they cannot be decided
-        either.
+        either. A row that refused it while still pending was changed on another replica (an
+        attempt spent: decided again) or is no longer held here (`_Lost`).
         """
-        if not isinstance(decision, Finish):
-            await self._apply(run, decision)
-            return
+        conflicts = 0
         for delay in delays(STORE_RETRY_DELAYS):
+            decision = decide(run.verification, command, self._clock())
+            if not isinstance(decision, Finish):
+                await self._apply(run, decision)
+                return
             try:
                 applied = await self._finish(run, decision.final, fenced=True)
-                if not applied and run.verification.pending:
+                if applied or not run.verification.pending:
+                    return
+                conflicts += 1
+                if conflicts >= MAX_CONFLICTS or self._lease is None:
                     raise _Lost()
-                return
+                if not await self._lease.holds(run.verification.id):
+                    raise _Lost()
+                continue  # still ours, with an attempt spent elsewhere: decide on the row
             except StoreUnavailable as exc:
                 log.warning(
                     "could not record %s; trying again in %gs",
@@ -627,7 +669,8 @@ class Orchestrator:
         held here (then it is reloaded).
         """
         # The new state is only adopted once committed: memory never runs ahead of the disk.
-        if final.id not in await self._store.finish([decided(final, fenced=fenced)]):
+        before = run.verification.attempts
+        if final.id not in await self._store.finish([decided(final, fenced=fenced, before=before)]):
             await self._reload(run)
             return False
         run.verification = final
@@ -693,7 +736,9 @@ class Orchestrator:
                 decision = decide(v, command, self._clock())
                 match decision:
                     case Finish(final, answer):
-                        if final.id in await self._store.finish([decided(final)]):
+                        if final.id in await self._store.finish(
+                            [decided(final, before=v.attempts)]
+                        ):
                             self._observer.finished(final)
                             if answer is Answer.VERIFICATION:
                                 return final

@@ -75,14 +75,14 @@ async def _resume_all(
     many = len(live.all) >= FREEZE_FROM
     if many:
         gc.collect()  # whatever is garbage now goes, so that the freeze below keeps none
-    resumed = _resume(orchestrator, [v for v in live.all if v.sms_sent_at is not None])
+    resumed = await _resume(orchestrator, [v for v in live.all if v.sms_sent_at is not None])
     # One turn of the loop: each of these tasks takes its first step and waits for its code.
     await asyncio.sleep(0)
     if many:
         # They will wait for minutes, then be freed by reference counting: full collections
         # need not walk them. Those that resend their SMS are left out, as they are mid-request.
         gc.freeze()
-    resent = _resume(orchestrator, [v for v in live.all if v.sms_sent_at is None])
+    resent = await _resume(orchestrator, [v for v in live.all if v.sms_sent_at is None])
     return Recovered(resumed=resumed + resent, expired=len(overdue), resent=resent)
 
 
@@ -101,9 +101,16 @@ def _capped(live: list[Verification], latest: float) -> _Live:
     return _Live([by_id.get(v.id, v) for v in live], shortened)
 
 
-def _resume(orchestrator: Orchestrator, verifications: list[Verification]) -> int:
+#: Verifications armed between two turns of the loop: a hundred thousand must not hold the lease's
+#: renewal, or the requests, up for seconds.
+RESUME_CHUNK = 5_000
+
+
+async def _resume(orchestrator: Orchestrator, verifications: list[Verification]) -> int:
     resumed = 0
-    for v in verifications:
+    for n, v in enumerate(verifications, 1):
+        if n % RESUME_CHUNK == 0:
+            await asyncio.sleep(0)
         try:
             orchestrator.resume(v)
         except Exception:

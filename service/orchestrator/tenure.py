@@ -33,10 +33,14 @@ ADOPT_CHUNK = 2000
 
 
 class Tenure:
-    """Renews the lease and adopts orphaned work, every `lease.check_seconds`, until cancelled.
+    """Keeps the lease, and takes up the work of lapsed replicas, until stopped.
 
-    A stopping replica stops adopting first (`stop_adopting`), but keeps its lease while its
-    last verifications finish, until the store hands them over at its close.
+    Two loops, each every `lease.check_seconds`: the renewal, on the lease's own connection,
+    which nothing else holds up (a restart's recovery, an adoption of a hundred thousand); and
+    the adoption, which also lets go of the tasks of verifications decided elsewhere and runs
+    recovery again after anything that may have left a verification unarmed. A stopping replica
+    stops adopting first (`stop_adopting`), but keeps its lease while its last verifications
+    finish, until the store hands them over at its close (`stop`).
     """
 
     def __init__(
@@ -54,49 +58,88 @@ class Tenure:
         self._clock = clock
         self._ttl = ttl
         self._observer = observer
-        self._adopting = True
-        self._task: asyncio.Task[None] | None = None
+        self._adopting = False
+        self._stopping = False
+        #: Set when what this replica holds may not all be armed: recovery runs again.
+        self._resync = False
+        #: Taken by a rejoin and by each round of adoption: neither runs inside the other.
+        self._turn = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        """Start renewing: before recovery, which may take longer than a lease."""
+        self._tasks.append(asyncio.create_task(self._renewing()))
+
+    def start_adopting(self) -> None:
+        """Start taking up orphaned work: once this replica's own is recovered."""
+        self._adopting = True
+        self._tasks.append(asyncio.create_task(self._adopting_loop()))
 
     def stop_adopting(self) -> None:
         self._adopting = False
+        self._stopping = True
 
     async def stop(self) -> None:
         """Stop renewing: the last thing before the store closes, and hands the work over."""
-        self._adopting = False
-        if self._task is not None:
-            self._task.cancel()
+        self.stop_adopting()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        self._tasks.clear()
 
-    async def _run(self) -> None:
+    async def _renewing(self) -> None:
         while True:
             try:
                 if not await self._lease.renew():
                     await self._rejoin()
-                if self._adopting:
-                    await self._adopt()
             except StoreUnavailable as exc:
                 # The fence holds without us: what this replica cannot renew it cannot write.
                 log.warning("could not renew the lease: %s", exc)
+            except Exception:
+                log.exception("renewing the lease failed")
             await asyncio.sleep(self._lease.check_seconds)
 
+    async def _adopting_loop(self) -> None:
+        while self._adopting:
+            try:
+                async with self._turn:
+                    await self._adopt_round()
+            except Exception as exc:
+                self._resync = True  # what was adopted, or let go, may not all be armed
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("could not adopt: %s", exc)
+                else:
+                    log.exception("adopting failed")
+            await asyncio.sleep(self._lease.check_seconds)
+
+    async def _adopt_round(self) -> None:
+        if self._orchestrator.take_doubt() or self._resync:
+            self._resync = True
+            await recover(self._store, self._orchestrator, self._clock, self._ttl)
+            self._resync = False
+        await self._adopt()
+        decided = await self._lease.decided_elsewhere()
+        if decided:
+            self._orchestrator.forget(decided)
+
     async def _rejoin(self) -> None:
-        dropped = await self._orchestrator.abandon()
-        log.error(
-            "the lease lapsed (was this replica paused, or cut off?): let go of %d"
-            " verifications, which other replicas may have taken over",
-            dropped,
-        )
-        if not self._adopting:
-            return  # stopping: nothing is taken up again
-        await self._lease.join()
-        await recover(self._store, self._orchestrator, self._clock, self._ttl)
+        async with self._turn:
+            dropped = await self._orchestrator.abandon()
+            log.error(
+                "the lease lapsed (was this replica paused, or cut off?): let go of %d"
+                " verifications, which other replicas may have taken over",
+                dropped,
+            )
+            if self._stopping:
+                return  # nothing is taken up again by a replica on its way out
+            await self._lease.join()
+            self._resync = True  # what is still this replica's is armed again next round
 
     async def _adopt(self) -> None:
-        while adopted := await self._lease.adopt(ADOPT_CHUNK):
+        started = self._clock()
+        while self._adopting and (adopted := await self._lease.adopt(ADOPT_CHUNK)):
             self._observer.adopted(len(adopted))
             result = await resume_all(
                 self._store, self._orchestrator, adopted, self._clock, self._ttl
@@ -108,5 +151,6 @@ class Tenure:
                 result.expired,
                 result.resent,
             )
-            if len(adopted) < ADOPT_CHUNK or not self._adopting:
+            # A round is one check long at most: decided-elsewhere and doubts are looked at too.
+            if len(adopted) < ADOPT_CHUNK or self._clock() - started > self._lease.check_seconds:
                 return

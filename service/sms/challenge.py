@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 
 from service.codes import CodeBook
 from service.config import SmsSettings
@@ -49,11 +50,14 @@ class Challenges:
         self._in_flight = asyncio.Semaphore(settings.max_concurrent_sends)
         self._observer = observer
 
-    async def send(self, v: Verification, *, charged: bool) -> str:
+    async def send(
+        self, v: Verification, *, charged: bool, ready: Callable[[], Awaitable[None]] | None = None
+    ) -> str:
         """Send `v`'s code and return the provider's message id, or raise `SmsError`.
 
         `charged` says whether the first try was already counted against the limits (a start
-        is; a resend after a restart is not).
+        is; a resend after a restart is not). `ready`, if given, is awaited right before each
+        try goes out (once a place among the sends in flight is had): the replica's lease.
         """
         last: SmsUnavailable | None = None
         for attempt in range(len(self._delays) + 1):
@@ -62,7 +66,7 @@ class Challenges:
             if (attempt > 0 or not charged) and not await self._limits.charge(v.phone):
                 raise self._failed(SmsRejected("the SMS limit for this number is reached"))
             try:
-                return await self._try(v)
+                return await self._try(v, ready)
             except SmsUnavailable as exc:
                 last = exc
                 log.warning(
@@ -77,8 +81,10 @@ class Challenges:
         tries = len(self._delays) + 1
         raise self._failed(SmsUnavailable(f"{last.reason} (gave up after {tries} tries)"))
 
-    async def _try(self, v: Verification) -> str:
+    async def _try(self, v: Verification, ready: Callable[[], Awaitable[None]] | None) -> str:
         async with self._in_flight:
+            if ready is not None:
+                await ready()
             # Checked once a place is had: waiting for one may have taken the time that was left.
             left = self._left(v)
             if left <= 0:

@@ -37,6 +37,9 @@ class Decided:
     #: Owner-only (the deadline's or the SMS's decision, not a caller's): where replicas share
     #: the database, it applies only while this replica holds the verification's lease.
     fenced: bool = False
+    #: The attempts of the state it was decided from, if known: where replicas share the
+    #: database, it applies only if the row still has them (none was spent elsewhere meanwhile).
+    attempts_before: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,14 @@ class Lease(Protocol):
         """Take over, at most `limit` at a time, the pending verifications (and the outcomes)
         of replicas whose lease lapsed or that left: held here from now on, to be resumed.
         """
+        ...
+
+    async def holds(self, verification_id: str) -> bool:
+        """Whether this replica holds the verification, under a valid lease."""
+        ...
+
+    async def decided_elsewhere(self) -> list[str]:
+        """Verifications held here that another replica decided since the last call."""
         ...
 
     async def leave(self) -> None:

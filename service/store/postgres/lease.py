@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from service.models import Verification
+from service.store.postgres.failures import TRANSIENT, unavailable
 from service.store.postgres.rows import as_verification, prefixed
 
 log = logging.getLogger(__name__)
@@ -84,29 +85,52 @@ ADOPT_OUTCOMES = f"""
           LIMIT $4 FOR UPDATE SKIP LOCKED) AS taken
     WHERE v.seq = taken.seq AND {ORPHANED} AND {valid("$1", "$2")}
 """
-# A lapsed replica's row goes once nothing is left to adopt from it; its epoch is never reused.
+# A lapsed replica's row goes once nothing is left to adopt from it, and long after it lapsed:
+# a write of its own still in flight (waiting for a lock, `lock_timeout` at most; a transaction
+# left open is ended by the server at `idle_in_transaction_session_timeout`) may yet commit a row
+# it holds, which is then still adopted by name. Its epoch is never reused.
+FORGET_AFTER_SECONDS = 600
 FORGET = f"""
-    DELETE FROM replicas AS r
-    WHERE lease_until <= {NOW} AND name <> $1
-      AND NOT EXISTS (SELECT 1 FROM verifications WHERE holder = r.name AND status = 'pending')
-      AND NOT EXISTS (SELECT 1 FROM outbox WHERE holder = r.name AND sent_at IS NULL)
+    WITH forgotten AS (
+        DELETE FROM replicas AS r
+        WHERE lease_until <= {NOW} - {FORGET_AFTER_SECONDS} AND name <> $1
+          AND NOT EXISTS (SELECT 1 FROM verifications WHERE holder = r.name AND status = 'pending')
+          AND NOT EXISTS (SELECT 1 FROM outbox WHERE holder = r.name AND sent_at IS NULL)
+        RETURNING name
+    )
+    DELETE FROM decided_elsewhere WHERE holder IN (SELECT name FROM forgotten)
 """
+HOLDS = f"SELECT holder = $1 AND {valid('$1', '$2')} FROM verifications WHERE id = $3"
+DECIDED_ELSEWHERE = "DELETE FROM decided_elsewhere WHERE holder = $1 RETURNING verification_id"
+
+
+CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def _boot_clock() -> float:
+    """Seconds that go on while the machine is suspended, unlike `time.monotonic` on Linux: a
+    replica whose host slept past its lease must not believe it still holds it.
+    """
+    return time.clock_gettime(CLOCK)
 
 
 class PostgresLease:
     """This replica's lease: its name, its epoch, and when it was last known to be valid.
 
-    `write` runs a unit of work on a pooled connection (the store's, so that failures are
-    reported as the store's are).
+    Renewals go through a connection of their own, so that neither a busy pool nor a long
+    adoption holds them up; `write` runs the rest on the store's pool (its failures then count
+    as the store's).
     """
 
     def __init__(
         self,
+        url: str,
         name: str,
         seconds: float,
         write: Callable[[Work[Any]], Awaitable[Any]],
         adopted_outcomes: Callable[[int], None],
     ) -> None:
+        self._url = url
         self.name = name
         self.seconds = seconds
         self.epoch = 0
@@ -114,8 +138,12 @@ class PostgresLease:
         #: Told how many unsent outcomes were adopted (the store counts them, and wakes the
         #: publisher).
         self._adopted_outcomes = adopted_outcomes
-        #: The monotonic time the last renewal that held was sent: valid `seconds` from then.
+        #: The boot-clock time the last renewal that held was sent: valid `seconds` from then.
         self._renewed_at = -math.inf
+        #: Not trusted before this, whatever the renewals: a name taken over from a live lease
+        #: waits until that lease would have lapsed.
+        self._distrust_until = -math.inf
+        self._db: asyncpg.Connection | None = None
 
     @property
     def check_seconds(self) -> float:
@@ -128,17 +156,20 @@ class PostgresLease:
         SMS, a message to the queue): its lease is surely valid for one more check.
 
         River's trust window: shorter than the lease, so a replica that was paused stops
-        before anyone else starts, unless the pause falls between this check and the send.
+        before anyone else starts. Checked before each SMS try and each read of the outbox:
+        what is already on its way when a pause comes is not called back.
         """
-        return time.monotonic() < self._renewed_at + self.seconds - self.check_seconds
+        now = _boot_clock()
+        return self._distrust_until <= now < self._renewed_at + self.seconds - self.check_seconds
 
     async def join(self) -> None:
         """Take this name with a new epoch: the name's earlier life is fenced out from now on."""
-        sent = time.monotonic()
-        row = await self._write(lambda db: db.fetchrow(JOIN, self.name, self.seconds))
+        sent = _boot_clock()
+        row = await self._own(lambda db: db.fetchrow(JOIN, self.name, self.seconds))
         self.epoch, live = int(row[0]), bool(row[1])
         self._renewed_at = sent
         if live:
+            self._distrust_until = sent + self.seconds
             log.warning(
                 "replica name %r was held by a live lease: taken over (a restart). If another"
                 " process runs with this name, give each its own database.replica_name",
@@ -148,15 +179,20 @@ class PostgresLease:
 
     async def renew(self) -> bool:
         """Extend the lease; False if it had lapsed or the name was taken: then it is lost."""
-        sent = time.monotonic()
-        status = await self._write(
-            lambda db: db.execute(RENEW, self.name, self.epoch, self.seconds)
-        )
+        sent = _boot_clock()
+        status = await self._own(lambda db: db.execute(RENEW, self.name, self.epoch, self.seconds))
         if status.rpartition(" ")[2] != "1":
             self._renewed_at = -math.inf
             return False
         self._renewed_at = sent
         return True
+
+    async def holds(self, verification_id: str) -> bool:
+        """Whether this replica holds the verification, under a valid lease."""
+        held = await self._write(
+            lambda db: db.fetchval(HOLDS, self.name, self.epoch, verification_id)
+        )
+        return bool(held)
 
     async def adopt(self, limit: int) -> list[Verification]:
         """Take over, at most `limit` of each, the pending verifications and the unsent outcomes
@@ -178,8 +214,35 @@ class PostgresLease:
         verifications: list[Verification] = adopted
         return verifications
 
+    async def decided_elsewhere(self) -> list[str]:
+        """Verifications held here that another replica decided since the last call: their
+        tasks here have nothing left to do.
+        """
+        rows = await self._write(lambda db: db.fetch(DECIDED_ELSEWHERE, self.name))
+        return [row[0] for row in rows]
+
     async def leave(self) -> None:
         """Hand everything over at once: the lease ends now, and the others adopt the work."""
-        await self._write(lambda db: db.execute(LEAVE, self.name, self.epoch))
+        await self._own(lambda db: db.execute(LEAVE, self.name, self.epoch))
         self._renewed_at = -math.inf
         log.info("replica %r handed its work over", self.name)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _own(self, work: Work[T]) -> T:
+        """Run `work` on the lease's own connection, made again if it was lost."""
+        try:
+            if self._db is None or self._db.is_closed():
+                self._db = await asyncpg.connect(
+                    self._url,
+                    timeout=self.seconds,
+                    command_timeout=self.seconds,
+                    server_settings={"application_name": "verification-service lease"},
+                )
+            return await work(self._db)
+        except TRANSIENT as exc:
+            await self.close()
+            raise unavailable(exc) from exc

@@ -150,6 +150,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE shared_settings (name text PRIMARY KEY, value text NOT NULL);
     """,
+    # Verifications one replica decided while another held them: the holder's tasks for them
+    # are let go at its next renewal, instead of waiting for a deadline the row would refuse.
+    """
+    CREATE TABLE decided_elsewhere (
+        holder text NOT NULL,
+        verification_id text NOT NULL,
+        PRIMARY KEY (holder, verification_id)
+    );
+    """,
 )
 
 

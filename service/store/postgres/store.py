@@ -21,6 +21,7 @@ import asyncpg  # type: ignore[import-untyped]
 from service.errors import StoreUnavailable
 from service.models import Clock, Verification
 from service.store.base import Decided, KeyHolder, OutboxRecord, Purged
+from service.store.postgres.failures import TRANSIENT, unavailable
 from service.store.postgres.lease import PostgresLease, valid
 from service.store.postgres.rows import (
     COLUMNS,
@@ -36,18 +37,6 @@ from service.store.postgres.tally import PostgresTally
 T = TypeVar("T")
 Work = Callable[[asyncpg.Connection], Awaitable[T]]
 
-#: The database's state, not the program's: trying again later may work. The rest (a unique
-#: or foreign key violated, a syntax error, a wrong type) is a bug, and is raised as it is.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,  # refused, reset, unreachable; TimeoutError (the command timeout) is one too
-    asyncpg.PostgresConnectionError,  # class 08: the connection failed or was lost
-    asyncpg.exceptions.InsufficientResourcesError,  # 53: disk full, memory, too many connections
-    asyncpg.exceptions.OperatorInterventionError,  # 57: shutting down, cannot connect now
-    asyncpg.exceptions.PostgresSystemError,  # 58: an I/O error
-    asyncpg.exceptions.TransactionRollbackError,  # 40: deadlock, serialization failure
-    asyncpg.exceptions.LockNotAvailableError,  # 55P03: waited lock_timeout for a row lock
-    asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: a standby, during a failover
-)
 
 #: This replica's lease at its epoch ($1 and $2 of the statements below): the fence.
 HELD = valid("$1", "$2")
@@ -67,15 +56,16 @@ SELECT_PENDING_FOR = f"""
 # each one it changed, in the order given. A replica deciding the same row meanwhile holds its
 # lock; once it commits, the row is re-read and no longer pending, so it is not changed twice.
 # An owner-only decision (`fenced`: the deadline's, the SMS's) applies only while this replica
-# holds the row under a valid lease. The outcome is this replica's to publish, if its lease
-# holds; else no one's, until a replica adopts it.
+# holds the row under a valid lease; one made from a state whose attempts the row no longer has
+# (spent meanwhile on another replica) not at all. The outcome is this replica's to publish, if
+# its lease holds; else no one's, until a replica adopts it. The holder, if another, is told.
 FINISH = f"""
     WITH decided AS (
         SELECT * FROM unnest(
             $3::text[], $4::text[], $5::integer[], $6::integer[], $7::double precision[],
-            $8::text[], $9::text[], $10::boolean[]
-        ) WITH ORDINALITY
-            AS d (id, status, attempts_left, attempts, completed_at, reason, body, fenced, n)
+            $8::text[], $9::text[], $10::boolean[], $11::integer[]
+        ) WITH ORDINALITY AS d (
+            id, status, attempts_left, attempts, completed_at, reason, body, fenced, before, n)
     ), held AS (
         SELECT {HELD} AS ok
     ), applied AS (
@@ -83,15 +73,20 @@ FINISH = f"""
             attempts = d.attempts, completed_at = d.completed_at, reason = d.reason
         FROM decided AS d WHERE v.id = d.id AND v.status = 'pending'
             AND (NOT d.fenced OR (v.holder = $1 AND (SELECT ok FROM held)))
-        RETURNING v.id, v.status, d.body, d.n
+            AND (d.before IS NULL OR v.attempts = d.before)
+        RETURNING v.id, v.status, v.holder, d.body, d.n
     ), outcomes AS (
         INSERT INTO outbox (verification_id, status, body, created_at, holder)
-        SELECT id, status, body, $11, CASE WHEN (SELECT ok FROM held) THEN $1 END
+        SELECT id, status, body, $12, CASE WHEN (SELECT ok FROM held) THEN $1 END
         FROM applied ORDER BY n
         ON CONFLICT (verification_id) DO NOTHING
         RETURNING holder
+    ), told AS (
+        INSERT INTO decided_elsewhere (holder, verification_id)
+        SELECT holder, id FROM applied WHERE holder <> $1
+        ON CONFLICT DO NOTHING
     )
-    SELECT id, (SELECT count(*) FROM outcomes WHERE holder IS NOT NULL) FROM applied
+    SELECT id FROM applied
 """
 SHORTEN = f"""
     UPDATE verifications AS v SET expires_at = s.expires_at
@@ -165,7 +160,9 @@ class PostgresStore:
     `await store.close()`, which hands this replica's work over to the others at once.
     """
 
-    def __init__(self, pool: asyncpg.Pool, clock: Clock, name: str, lease_seconds: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, url: str, clock: Clock, name: str, lease_seconds: float
+    ) -> None:
         self._pool = pool
         self._clock = clock
         self._closed = False
@@ -174,10 +171,7 @@ class PostgresStore:
         self._writing: set[asyncio.Task[Any]] = set()
         #: Called after an outcome is committed to the outbox (the publisher's wake-up).
         self.on_outcome: Callable[[], None] = lambda: None
-        #: This replica's unsent outcomes, so /metrics needs no count over them: counted at
-        #: open, then changed by each write that changes it (see `outbox_depth`).
-        self._unsent = 0
-        self.lease = PostgresLease(name, lease_seconds, self._write, self._adopted_outcomes)
+        self.lease = PostgresLease(url, name, lease_seconds, self._write, self._adopted_outcomes)
         self.tally = PostgresTally(self._write)
 
     @classmethod
@@ -214,26 +208,24 @@ class PostgresStore:
                     # SQLite's busy_timeout: a row lock is waited for this long, then 503.
                     # At least 1 ms: 0 would mean waiting forever here.
                     "lock_timeout": f"{max(int(lock_timeout_ms), 1)}ms",
+                    # A transaction left open (its replica paused mid-way) is ended by the
+                    # server within a lease: it cannot commit after its lease was taken over.
+                    "idle_in_transaction_session_timeout": f"{max(int(lease_seconds * 1000), 1)}ms",
                     "application_name": "verification-service",
                 },
             )
         except TRANSIENT as exc:
-            raise _unavailable(exc) from exc
-        store = cls(pool, clock, replica or f"replica-{secrets.token_hex(4)}", lease_seconds)
+            raise unavailable(exc) from exc
+        store = cls(pool, url, clock, replica or f"replica-{secrets.token_hex(4)}", lease_seconds)
         try:
             async with pool.acquire() as db:
                 await migrate(db)
             await store.lease.join()
-            store._unsent = await store._read(
-                lambda db: db.fetchval(
-                    "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND holder = $1",
-                    store.lease.name,
-                )
-            )
         except BaseException as exc:
+            await store.lease.close()
             await pool.close()
             if isinstance(exc, TRANSIENT):
-                raise _unavailable(exc) from exc
+                raise unavailable(exc) from exc
             raise
         return store
 
@@ -245,6 +237,7 @@ class PostgresStore:
             with contextlib.suppress(StoreUnavailable):  # unreachable: the lease lapses instead
                 await self.lease.leave()
         self._closed = True
+        await self.lease.close()
         await self._pool.close()
 
     @property
@@ -382,12 +375,12 @@ class PostgresStore:
             first.setdefault(d.verification.id, d)
         if not first:
             return set()
-        columns: list[list[Any]] = [[], [], [], [], [], [], [], []]
+        columns: list[list[Any]] = [[], [], [], [], [], [], [], [], []]
         for d in first.values():
             v = d.verification
             values = (
                 v.id, v.status.value, v.attempts_left, v.attempts, v.completed_at, v.reason,
-                d.outcome, d.fenced,
+                d.outcome, d.fenced, d.attempts_before,
             )  # fmt: skip
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
@@ -398,7 +391,6 @@ class PostgresStore:
             applied = {row[0] for row in rows}
             if applied:
                 # Here, not after the shield: counted even if the caller has given up.
-                self._unsent += int(rows[0][1])  # the outcomes this replica is to publish
                 self.on_outcome()
             return applied
 
@@ -439,14 +431,13 @@ class PostgresStore:
         now = self._clock()
 
         async def write(db: asyncpg.Connection) -> None:
-            status = await db.execute(
+            await db.execute(
                 "UPDATE outbox SET sent_at = $3 WHERE seq = ANY($4::bigint[]) AND sent_at IS NULL"
                 f" AND holder = $1 AND {HELD}",
                 *self._fence,
                 now,
                 list(seqs),
             )
-            self._unsent -= _count(status)
 
         await self._write(write)
 
@@ -468,19 +459,31 @@ class PostgresStore:
                 self.lease.name,
             )
         )
-        return float(value) if value is not None else None
+        if value is None:
+            return None
+        if not self.lease.trusted:
+            # Nothing is read while untrusted (`due`): the publisher waits a check, not a spin.
+            return max(float(value), self._clock() + self.lease.check_seconds)
+        return float(value)
 
     async def outbox_depth(self) -> tuple[int, float | None]:
         """This replica's unsent outcomes, and the creation time of the oldest of all of them.
 
-        The count is kept, not counted: the sum over the replicas is the outbox's depth.
+        Counted on the index of what each replica holds, at each scrape: a count kept in memory
+        would drift as other replicas adopt or purge; the sum over replicas is the outbox's depth.
         """
-        oldest = await self._read(
-            lambda db: db.fetchval(
+
+        async def read(db: asyncpg.Connection) -> tuple[int, float | None]:
+            unsent = await db.fetchval(
+                "SELECT count(*) FROM outbox WHERE holder = $1 AND sent_at IS NULL",
+                self.lease.name,
+            )
+            oldest = await db.fetchval(
                 "SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT 1"
             )
-        )
-        return self._unsent, oldest
+            return int(unsent), oldest
+
+        return await self._read(read)
 
     # -- retention ------------------------------------------------------------------------------
 
@@ -496,9 +499,7 @@ class PostgresStore:
             async with db.transaction():
                 masked = await db.fetch(REDACT_PHONES, redact_before)
                 await _redact_outcomes(db, {row[0]: row[1] for row in masked})
-                holders = [row[0] for row in await db.fetch(DROP_UNDELIVERED, finished_before)]
-                dropped = len(holders)
-                mine = holders.count(self.lease.name)
+                dropped = len(await db.fetch(DROP_UNDELIVERED, finished_before))
                 touched = len(masked) + dropped
                 for sql, before in (
                     (PURGE_SENT_OUTCOMES, sent_before),
@@ -508,7 +509,6 @@ class PostgresStore:
                     touched += _count(await db.execute(sql, before))
                 # The limits' slots that left their windows: an hour's margin for clock steps.
                 touched += _count(await db.execute(SWEEP_LIMITS, self._clock() - 3600, PURGE_CHUNK))
-            self._unsent -= mine
             return Purged(touched, dropped)
 
         return await self._write(write)
@@ -521,7 +521,6 @@ class PostgresStore:
         return self._failing_since is None
 
     def _adopted_outcomes(self, count: int) -> None:
-        self._unsent += count
         self.on_outcome()
 
     async def probe(self) -> bool:
@@ -549,7 +548,7 @@ class PostgresStore:
             async with self._pool.acquire() as db:
                 return await work(db)
         except TRANSIENT as exc:
-            raise _unavailable(exc) from exc
+            raise unavailable(exc) from exc
 
     async def _write(self, work: Work[T]) -> T:
         if self._closed:
@@ -567,7 +566,7 @@ class PostgresStore:
         except TRANSIENT as exc:
             if self._failing_since is None:
                 self._failing_since = self._clock()
-            raise _unavailable(exc) from exc
+            raise unavailable(exc) from exc
         self._failing_since = None
         return result
 
@@ -654,13 +653,6 @@ async def _redact_outcomes(db: asyncpg.Connection, phones: dict[str, str]) -> No
 def _count(status: str) -> int:
     """The rows a command changed, from its status ("UPDATE 1", "INSERT 0 1", "DELETE 3")."""
     return int(status.rpartition(" ")[2])
-
-
-def _unavailable(exc: BaseException) -> StoreUnavailable:
-    # The message names the cause (refused, full, shutting down) without the URL or any data.
-    return StoreUnavailable(
-        f"The database is unavailable ({type(exc).__name__}: {exc}); try again shortly."
-    )
 
 
 class _NotInserted(Exception):

@@ -232,3 +232,37 @@ async def test_replicas_agree_on_what_the_first_one_set(opened: Opener) -> None:
     assert await a.agree("code_book", "fingerprint-a") == "fingerprint-a"
     assert await b.agree("code_book", "fingerprint-b") == "fingerprint-a"  # b must refuse
     assert await b.agree("other", "x") == "x"
+
+
+async def test_a_decision_from_a_state_whose_attempts_were_spent_elsewhere_does_not_apply(
+    opened: Opener, db: asyncpg.Connection
+) -> None:
+    a, b = await opened(), await opened()
+    v = verification("VEa")
+    await a.insert(v)
+    spent = replace(v, attempts=1, attempts_left=2)
+    assert await b.attempted(v, spent)  # a wrong code, on b
+
+    # a's deadline, decided from its copy: it would erase b's attempt from the record.
+    assert await a.finish([decided(expired(v), fenced=True, before=v.attempts)]) == set()
+    assert await a.lease.holds("VEa")  # still a's: a decides again, on the row as it is
+    assert await a.finish([decided(expired(spent), fenced=True, before=1)]) == {"VEa"}
+    assert await db.fetchrow(
+        "SELECT attempts, attempts_left FROM verifications WHERE id = 'VEa'"
+    ) == (1, 2)
+    assert not await b.lease.holds("VEa")
+
+
+async def test_the_holder_is_told_of_what_another_replica_decided_once(
+    opened: Opener, db: asyncpg.Connection
+) -> None:
+    a, b = await opened(), await opened()
+    for vid in ("VEa", "VEb"):
+        await a.insert(verification(vid))
+    canceled = replace(verification("VEa"), status=Status.CANCELED, completed_at=950.0)
+    await b.finish([decided(canceled)])
+    await a.finish([decided(expired(verification("VEb")), fenced=True)])  # a's own: not told
+
+    assert await a.lease.decided_elsewhere() == ["VEa"]
+    assert await a.lease.decided_elsewhere() == []
+    assert await b.lease.decided_elsewhere() == []
