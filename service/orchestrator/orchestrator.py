@@ -350,6 +350,9 @@ class Orchestrator:
         again by the recovery that follows. Commands waiting are answered 503, to be asked again.
         """
         runs = list(self._runs.values())
+        for run in runs:  # told why, before the cancel says "stopping"
+            while (letter := run.next_command()) is not None:
+                _refuse(letter[1], _handed_over())
         tasks = [r.task for r in runs if r.task is not None and not r.task.done()]
         for task in tasks:
             task.cancel()
