@@ -90,15 +90,26 @@ class Tenure:
         self._tasks.clear()
 
     async def _renewing(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
+            started = loop.time()
             try:
-                if not await self._lease.renew():
+                renewed = await self._lease.renew()
+                took = loop.time() - started
+                if took + (started - due) > self._lease.check_seconds:
+                    # Past a check, the lease's margin is being eaten: say by what.
+                    log.warning(
+                        "the lease's renewal came %.2fs late and took %.2fs", started - due, took
+                    )
+                if not renewed:
                     await self._rejoin()
             except StoreUnavailable as exc:
                 # The fence holds without us: what this replica cannot renew it cannot write.
                 log.warning("could not renew the lease: %s", exc)
             except Exception:
                 log.exception("renewing the lease failed")
+            due = loop.time() + self._lease.check_seconds
             await asyncio.sleep(self._lease.check_seconds)
 
     async def _adopting_loop(self) -> None:
