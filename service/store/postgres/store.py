@@ -259,18 +259,22 @@ class PostgresStore:
 
         async def write(db: asyncpg.Connection) -> KeyHolder | Verification | None:
             while True:
-                try:
-                    async with db.transaction():
-                        if key is not None:
+                if key is None:  # one statement: no transaction to open and commit around it
+                    status = await db.execute(INSERT_VERIFICATION, *self._fence, *as_row(v))
+                    if _count(status) == 1:
+                        return None
+                else:
+                    try:
+                        async with db.transaction():
                             holder = await _claim_key(db, key, v.id, digest, v.created_at)
                             if holder is not None:
                                 return holder
-                        status = await db.execute(INSERT_VERIFICATION, *self._fence, *as_row(v))
-                        if _count(status) == 1:
-                            return None
-                        raise _NotInserted()  # the key's claim, if any, is rolled back
-                except _NotInserted:
-                    pass
+                            status = await db.execute(INSERT_VERIFICATION, *self._fence, *as_row(v))
+                            if _count(status) == 1:
+                                return None
+                            raise _NotInserted()  # the key's claim is rolled back
+                    except _NotInserted:
+                        pass
                 row = await db.fetchrow(SELECT_PENDING_FOR, v.owner, v.phone)
                 if row is not None:
                     return as_verification(row)
