@@ -1,9 +1,11 @@
-"""`python -m bench [throughput|waiting|push-vs-poll|report] [options]`; no command runs all three.
+"""`python -m bench [throughput|waiting|push-vs-poll|replicas|report] [options]`; no command runs
+the first three.
 
     python -m bench                                   all three at their default sizes
     python -m bench throughput --n 2000 --concurrency 64 [--profile]
     python -m bench waiting --m 100000                (--m 1000000: the stretch goal)
     python -m bench push-vs-poll --k 300 --intervals 1000 200
+    python -m bench replicas --n 1000 --replicas 1 2 3 --kills 10   (needs PostgreSQL's server)
     python -m bench report                            BENCHMARKS.md's tables from bench/results/
 
 LocalStack is started on a free port and stopped at the end, unless LOCALSTACK_ENDPOINT names one.
@@ -25,7 +27,7 @@ from typing import Any
 
 import uvloop
 
-from bench import machine, push_vs_poll, report, throughput, waiting
+from bench import machine, push_vs_poll, replicas, report, throughput, waiting
 from bench.stack import LocalStack, localstack, log
 
 Measure = Callable[[Any, LocalStack], Awaitable[dict[str, Any]]]
@@ -34,7 +36,10 @@ BENCHMARKS: dict[str, tuple[Measure, report.Renderer]] = {
     throughput.NAME: (throughput.measure, throughput.render),
     waiting.NAME: (waiting.measure, waiting.render),
     push_vs_poll.NAME: (push_vs_poll.measure, push_vs_poll.render),
+    replicas.NAME: (replicas.measure, replicas.render),
 }
+#: Run only when named, not by `all`: they need PostgreSQL's server.
+ON_REQUEST = {replicas.NAME}
 #: Every result BENCHMARKS.md shows, by the name it is kept under.
 RENDERERS: dict[str, report.Renderer] = {n: r for n, (_, r) in BENCHMARKS.items()} | {
     waiting.STRETCH: waiting.render
@@ -121,6 +126,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="concurrent SQS long polls",
     )
 
+    r = commands.add_parser("replicas", help=replicas.__doc__.splitlines()[0])
+    r.add_argument(
+        "--n", type=int, default=replicas.Options.n, help="verifications per configuration"
+    )
+    r.add_argument("--concurrency", type=int, default=replicas.Options.concurrency)
+    r.add_argument("--warmup", type=int, default=replicas.Options.warmup)
+    r.add_argument("--receivers", type=int, default=replicas.Options.receivers)
+    r.add_argument(
+        "--replicas",
+        type=int,
+        nargs="+",
+        default=list(replicas.Options.replicas),
+        help="PostgreSQL configurations, by number of replicas",
+    )
+    r.add_argument(
+        "--ttl",
+        type=float,
+        default=replicas.Options.ttl,
+        help="verification TTL of the throughput part (seconds)",
+    )
+    r.add_argument("--kills", type=int, default=replicas.Options.kills, help="0: no failover part")
+    r.add_argument(
+        "--pending",
+        type=int,
+        default=replicas.Options.pending,
+        help="verifications left pending on the replica killed, for the survivors to adopt",
+    )
+    r.add_argument(
+        "--coded",
+        type=int,
+        default=replicas.Options.coded,
+        help="codes sent to the survivors right after each kill",
+    )
+
     commands.add_parser("report", help="rewrite BENCHMARKS.md's tables from bench/results/")
     return parser.parse_args(argv)
 
@@ -131,13 +170,15 @@ def options_of(name: str, args: argparse.Namespace | None) -> Any:
         throughput.NAME: throughput.Options,
         waiting.NAME: waiting.Options,
         push_vs_poll.NAME: push_vs_poll.Options,
+        replicas.NAME: replicas.Options,
     }[name]
     if args is None:
         return cls()
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in names}
-    if "intervals" in given:
-        given["intervals"] = tuple(given["intervals"])
+    for sequence in ("intervals", "replicas"):
+        if sequence in given:
+            given[sequence] = tuple(given[sequence])
     return cls(**given)
 
 
@@ -181,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"BENCHMARKS.md tables refilled: {', '.join(refilled) or 'none'}")
         return
     if args.command in (None, "all"):
-        names, options = list(BENCHMARKS), None
+        names, options = [n for n in BENCHMARKS if n not in ON_REQUEST], None
     else:
         names, options = [args.command.replace("-", "_")], args
     # Starting pending verifications is the one step that grows a lot with a flag: 700/s here.
