@@ -8,6 +8,7 @@ service does not (suspend, purge, ...) is a `Refusal` with the status the platfo
 
 from __future__ import annotations
 
+import json
 import logging
 
 from aiohttp import web
@@ -60,7 +61,7 @@ def status_of(error: VerificationError) -> int:
 
 
 def message(text: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"Message": text}, status=status, headers=headers)
+    return web.json_response({"Message": text}, status=status, headers=headers, dumps=_dumps)
 
 
 def error_response(error: VerificationError) -> web.Response:
@@ -89,3 +90,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return message("Something went wrong while processing your request", 500)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))

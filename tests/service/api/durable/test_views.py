@@ -9,7 +9,8 @@ import pytest
 
 from service.api.durable.views import _code
 from service.errors import BadRequest, Unprocessable
-from tests.support.api import API_KEY, AUTH, MakeClient, wrong
+from tests.support.api import API_KEY, AUTH, MakeClient, MakeSettings, wrong
+from tests.support.database import database
 from tests.support.durable import (
     CODE,
     PHONE,
@@ -276,6 +277,20 @@ async def test_restart_starts_a_new_verification_for_the_number(
         relative(links["restartPostUri"]), params={"restartWithNewInstanceId": "false"}
     )
     assert same.status == 501
+
+
+async def test_restart_of_a_masked_number_is_410(
+    make_settings: MakeSettings, make_client: MakeClient
+) -> None:
+    settings = make_settings()
+    client = await make_client(settings)
+    links = await start(client)
+    await client.post(relative(links["terminatePostUri"], text="x"))
+    with database(settings.database.path) as db:  # as retention masks it
+        db.execute("UPDATE verifications SET phone = '+14*****00'")
+
+    r = await client.post(relative(links["restartPostUri"]))
+    assert r.status == 410, await r.text()
 
 
 @pytest.mark.parametrize(
