@@ -1,9 +1,9 @@
 """The operations routes: health, readiness, metrics and the API's document, on the root app.
 
-These are the service's public routes, each one chosen and listed in `PUBLIC`; every other route
-belongs to an API surface, a sub-application behind that surface's own auth. The root app answers
-their errors, those of paths no surface claims and the stop's 503 in the service's own format,
-v1's `{"error": ...}`.
+These are the service's public routes, each one chosen and listed in `PUBLIC`, each surface's
+OpenAPI document among them; every other route belongs to an API surface, a sub-application
+behind that surface's own auth. The root app answers their errors, those of paths no surface
+claims and the stop's 503 in the service's own format, v1's `{"error": ...}`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from service import metrics, readiness
+from service.api import durable
+from service.api.durable import openapi as durable_openapi
 from service.api.keys import store_key
 from service.api.v1 import openapi
 
@@ -30,4 +32,6 @@ PUBLIC = (
     web.get("/readyz", readiness.readyz),
     web.get("/metrics", metrics.metrics_handler),
     web.get("/openapi.json", openapi.openapi),
+    # Each surface's document beside it; the root resolves it before the surface's prefix.
+    web.get(durable.DOCUMENT, durable_openapi.openapi),
 )

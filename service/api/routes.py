@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.api import operations, v1
+from service.api import durable, operations, v1
 from service.api.keys import settings_key
 
 
 def setup_routes(app: web.Application) -> None:
+    settings = app[settings_key]
     app.add_routes(operations.PUBLIC)
-    app.add_subapp(v1.PREFIX, v1.create_v1(app[settings_key]))
+    app.add_subapp(v1.PREFIX, v1.create_v1(settings))
+    # One sub-app per prefix (aiohttp mounts an app once), all built alike, on the same handlers.
+    app.add_subapp(durable.WEBHOOK, durable.create_webhook(settings))
+    for prefix in durable.STARTERS:
+        app.add_subapp(prefix, durable.create_starter(settings))

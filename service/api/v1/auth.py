@@ -21,7 +21,7 @@ def authentication(keys: tuple[Secret, ...]) -> Middleware:
     It decides by where it is, not by the path: each request the sub-application is given passes
     it, its unknown paths and wrong methods included, so a route added there is never public.
     """
-    digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+    digests = digests_of(keys)
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -31,16 +31,26 @@ def authentication(keys: tuple[Secret, ...]) -> Middleware:
     return authenticate
 
 
-def _key_id(request: web.Request, digests: list[bytes]) -> str:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("An API key is required: Authorization: Bearer <key>.")
+def digests_of(keys: tuple[Secret, ...]) -> list[bytes]:
+    return [hashlib.sha256(k.encode()).digest() for k in keys]
+
+
+def identify(token: str, digests: list[bytes]) -> str | None:
+    """The id of the configured key `token` is, or None; every surface names a key by this id."""
     # Digests are compared, all of them, so neither the length nor the position of a match leaks.
     offered = hashlib.sha256(token.strip().encode()).digest()
     found = None
     for digest in digests:
         if hmac.compare_digest(offered, digest):
             found = digest
+    return found.hex()[:12] if found is not None else None
+
+
+def _key_id(request: web.Request, digests: list[bytes]) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("An API key is required: Authorization: Bearer <key>.")
+    found = identify(token, digests)
     if found is None:
         raise Unauthorized("The API key is not valid.", code="invalid_api_key")
-    return found.hex()[:12]
+    return found
