@@ -182,8 +182,8 @@ class Orchestrator:
         self._lease = store.lease
         #: Resends sent for verifications another replica holds (`_resend_held_elsewhere`).
         self._side_sends: set[asyncio.Task[None]] = set()
-        #: See `take_doubt`.
-        self._doubted = False
+        #: See `take_doubts`.
+        self._doubted: set[str] = set()
 
     @property
     def pending_count(self) -> int:
@@ -336,12 +336,17 @@ class Orchestrator:
                 forgotten += 1
         return forgotten
 
-    def take_doubt(self) -> bool:
-        """Whether a verification held here may have been left unarmed since the last call (a
-        start whose commit was not confirmed, a task that failed): then recovery runs again.
+    def take_doubts(self) -> set[str]:
+        """Verifications that may have been left pending and unarmed here since the last call
+        (a start whose commit was not confirmed, a task that failed): to be looked at again.
         """
-        doubted, self._doubted = self._doubted, False
+        doubted, self._doubted = self._doubted, set()
         return doubted
+
+    def _doubt(self, verification_id: str) -> None:
+        # Alone on the database, the next command re-arms it; nothing comes to take the doubts.
+        if self._lease is not None:
+            self._doubted.add(verification_id)
 
     async def abandon(self) -> int:
         """Let go of every verification armed here, writing nothing: the lease was lost.
@@ -387,7 +392,7 @@ class Orchestrator:
         try:
             holder = await self._store.insert(v, key, digest)
         except StoreUnavailable:
-            self._doubted = True  # the commit may have landed all the same, unarmed
+            self._doubt(v.id)  # the commit may have landed all the same, unarmed
             raise
         if isinstance(holder, KeyHolder):  # the same key raced in from another request
             return Started(self._replayed(holder, digest), created=False, replayed=True)
@@ -486,9 +491,9 @@ class Orchestrator:
             log.info("verification handed over", extra={"verification_id": run.verification.id})
         except Exception as exc:
             # A bug. The row is still pending on disk, and the next command for it re-arms it
-            # (alone on the database) or the next recovery (replicas: `take_doubt`).
+            # (alone on the database) or the next round of the lease (replicas: `take_doubts`).
             failure = exc
-            self._doubted = True
+            self._doubt(run.verification.id)
             log.exception(
                 "verification task failed", extra={"verification_id": run.verification.id}
             )

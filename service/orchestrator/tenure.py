@@ -126,14 +126,21 @@ class Tenure:
             await asyncio.sleep(self._lease.check_seconds)
 
     async def _adopt_round(self) -> None:
-        if self._orchestrator.take_doubt() or self._resync:
-            self._resync = True
+        if self._resync:
             await recover(self._store, self._orchestrator, self._clock, self._ttl)
             self._resync = False
+        await self._rearm(self._orchestrator.take_doubts())
         await self._adopt()
         decided = await self._lease.decided_elsewhere()
         if decided:
             self._orchestrator.forget(decided)
+
+    async def _rearm(self, doubted: set[str]) -> None:
+        """Arm those of `doubted` still pending and held here: one read each, not a recovery."""
+        for verification_id in doubted:
+            v = await self._store.get(verification_id)
+            if v is not None and v.pending and await self._lease.holds(verification_id):
+                self._orchestrator.resume(v)
 
     async def _rejoin(self) -> None:
         async with self._turn:
