@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import json
 from importlib.metadata import version
 from typing import Any
 
-from aiohttp import web
-
+from service.api.documents import document_handler
 from service.api.durable.render import CHALLENGE_EVENT, ORCHESTRATOR, WEBHOOK, RuntimeStatus
-from service.api.keys import settings_key
 from service.config import Settings
 
 Schema = dict[str, Any]
@@ -24,16 +20,6 @@ STARTS = [
     for prefix in ("/api/orchestrators", "/orchestrators", f"{WEBHOOK}/orchestrators")
     for tail in ("", "/{instanceId}")
 ]
-
-
-async def openapi(request: web.Request) -> web.Response:
-    body = _rendered(request.config_dict[settings_key])
-    return web.Response(body=body, content_type=JSON, charset="utf-8")
-
-
-@functools.lru_cache(maxsize=4)
-def _rendered(settings: Settings) -> bytes:
-    return json.dumps(openapi_document(settings), separators=(",", ":")).encode()
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
@@ -318,3 +304,7 @@ def _ref(name: str) -> Schema:
 
 def _ref_response() -> Schema:
     return {"$ref": "#/components/responses/Error"}
+
+
+#: The handler of this surface's document.
+openapi = document_handler(openapi_document)

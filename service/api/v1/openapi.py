@@ -6,14 +6,10 @@ into the document, so it describes this deployment rather than the defaults.
 
 from __future__ import annotations
 
-import functools
-import json
 from importlib.metadata import version
 from typing import Any
 
-from aiohttp import web
-
-from service.api.keys import settings_key
+from service.api.documents import document_handler
 from service.config import Settings, VerificationSettings
 from service.models import Status
 
@@ -22,17 +18,6 @@ Schema = dict[str, Any]
 JSON = "application/json"
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 VERIFICATION_PATH = "/verifications/{id}"
-
-
-async def openapi(request: web.Request) -> web.Response:
-    body = _rendered(request.config_dict[settings_key])
-    return web.Response(body=body, content_type=JSON, charset="utf-8")
-
-
-@functools.lru_cache(maxsize=4)
-def _rendered(settings: Settings) -> bytes:
-    # Keyed by the frozen settings: each app gets the document of its own limits, built once.
-    return json.dumps(openapi_document(settings), separators=(",", ":")).encode()
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
@@ -474,3 +459,7 @@ def _responses(settings: Settings) -> dict[str, Any]:
         "InternalError": error("A bug; it is logged. Code: internal_error."),
         "Unavailable": error("The service is stopping; try again shortly. Code: unavailable."),
     }
+
+
+#: The handler of this surface's document.
+openapi = document_handler(openapi_document)
