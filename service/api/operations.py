@@ -12,6 +12,7 @@ from aiohttp import web
 
 from service import metrics, readiness
 from service.api.keys import store_key
+from service.api.twilio import openapi as twilio_openapi
 from service.api.v1 import openapi
 
 
@@ -31,3 +32,6 @@ PUBLIC = (
     web.get("/metrics", metrics.metrics_handler),
     web.get("/openapi.json", openapi.openapi),
 )
+
+#: The Twilio surface's document, public like ours, served by the root app beside the surface.
+TWILIO_PUBLIC = (web.get("/v2/openapi.json", twilio_openapi.openapi),)

@@ -29,8 +29,13 @@ async def test_every_route_is_documented_and_nothing_else(client: Any) -> None:
         if method in METHODS
     }
     routes = [(route.method, route.resource.canonical) for route in client.app.router.routes()]
-    # aiohttp adds a HEAD beside every GET; the document leaves those implied.
-    served = {(m, path) for m, path in routes if not (m == "HEAD" and ("GET", path) in routes)}
+    # aiohttp adds a HEAD beside every GET; the document leaves those implied. The Twilio
+    # surface's routes are in its own document (tests/service/api/twilio/test_openapi.py).
+    served = {
+        (m, path)
+        for m, path in routes
+        if not (m == "HEAD" and ("GET", path) in routes) and not path.startswith("/v2/")
+    }
     assert served == documented
 
 
