@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,33 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class VerifyV2Settings:
+    """The Twilio Verify v2 surface at /v2: one Service, whose settings are the service's own."""
+
+    enabled: bool = True
+    #: The Service's SID, which the SDK's `services(SID)` names.
+    service_sid: str = "VA" + "0" * 32
+    friendly_name: str = "Phone verification"
+    #: The `account_sid` shown when the caller signs in with an `SK...` key; an `AC...` username
+    #: is shown as given.
+    account_sid: str = "AC" + "0" * 32
+    #: Where clients reach the surface, for the absolute `url` fields ("https://verify.example");
+    #: empty means the request's own scheme and Host.
+    public_base_url: str = ""
+
+    def __post_init__(self) -> None:
+        for name, prefix in (("service_sid", "VA"), ("account_sid", "AC")):
+            value = getattr(self, name)
+            ok = re.fullmatch(prefix + "[0-9a-fA-F]{32}", value) is not None
+            _require(ok, f"verify_v2.{name}", f"{prefix} and 32 hex digits", value)
+        name = self.friendly_name
+        _require(0 < len(name) <= 32, "verify_v2.friendly_name", "1 to 32 characters", name)
+        url = self.public_base_url
+        ok = url == "" or url.startswith(("http://", "https://"))
+        _require(ok, "verify_v2.public_base_url", "empty or an http(s) URL", url)
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     sms_per_phone: int = 5
     sms_per_phone_window_seconds: float = 600.0
@@ -199,6 +227,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    verify_v2: VerifyV2Settings = field(default_factory=VerifyV2Settings)
 
 
 #: Conventional variable names honoured when the VERIFY_* one is not set, by section and key.
