@@ -12,14 +12,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from service.api.keys import (
-    codes_key,
-    numbers_key,
     orchestrator_key,
     sender_key,
     settings_key,
     store_key,
 )
-from service.api.numbers import Numbers, Watching
 from service.api.routes import setup_routes
 from service.api.v1.errors import errors
 from service.codes import CodeBook, load_secret
@@ -57,7 +54,6 @@ def create_app(settings: Settings) -> web.Application:
     app[settings_key] = settings
     app[metrics_key] = metrics
     app[readiness_key] = Readiness()
-    app[numbers_key] = Numbers()
     # One context per resource, unwound in reverse: the sweeps stop, the orchestrator stops, the
     # publisher sends what it decided meanwhile, then the SMS sender and the store close. Where
     # replicas share the store, its lease is renewed to the last, then this one's work handed over.
@@ -114,8 +110,15 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
             " verification.code_length, else the codes one sends another refuses."
         )
     limits = Limits(settings.limits, clock=time.time, observer=metrics, tally=store.tally)
+    services = settings.verify_v2.all_services() if settings.verify_v2.enabled else ()
     challenges = Challenges(
-        app[sender_key], codes, limits, settings.sms, clock=time.time, observer=metrics
+        app[sender_key],
+        codes,
+        limits,
+        settings.sms,
+        clock=time.time,
+        observer=metrics,
+        templates={s.sid: s.template for s in services if s.template},
     )
     orchestrator = Orchestrator(
         store,
@@ -125,12 +128,12 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
         settings.verification,
         settings.database,
         clock=time.time,
-        observer=Watching(app[numbers_key], metrics),
+        observer=metrics,
     )
-    app[codes_key] = codes
     metrics.watch_pending(lambda: orchestrator.pending_count)
     app[orchestrator_key] = orchestrator
-    ttl = settings.verification.ttl_seconds
+    # The longest a code lives, whichever Service made it: recovery caps deadlines by it.
+    ttl = max([settings.verification.ttl_seconds, *(s.ttl_seconds for s in services)])
     tenure = None
     if store.lease is not None:
         # Renewing before recovery, which may take longer than a lease. Stopped by the store's
@@ -140,10 +143,6 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
         tenure.start()
     try:
         await recover(store, orchestrator, time.time, ttl)
-        if settings.verify_v2.enabled:
-            # The numbers of what was pending before the start, for Twilio's `To=`; read again,
-            # for recovery's list is its own.
-            app[numbers_key].seed(await store.pending())
         if tenure is not None:
             tenure.start_adopting()
         yield

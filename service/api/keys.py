@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.api.numbers import Numbers
-from service.codes import CodeBook
 from service.config import Settings
 from service.orchestrator.orchestrator import Orchestrator
 from service.sms.base import SmsSender
@@ -15,7 +13,3 @@ settings_key = web.AppKey("settings", Settings)
 store_key: web.AppKey[Store] = web.AppKey("store")
 orchestrator_key = web.AppKey("orchestrator", Orchestrator)
 sender_key: web.AppKey[SmsSender] = web.AppKey("sender")
-#: What derives the codes: the Twilio surface approves by the verification's code (Status=approved).
-codes_key = web.AppKey("codes", CodeBook)
-#: The pending verification of each number, for the surfaces that name one by its number.
-numbers_key = web.AppKey("numbers", Numbers)

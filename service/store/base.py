@@ -212,8 +212,22 @@ class Store(Outbox, Protocol):
         """Every pending verification this process holds, for recovery."""
         ...
 
+    async def pending_for(self, owner: str, phone: str) -> Verification | None:
+        """The verification pending for `owner` and `phone`, if any, whichever process holds it."""
+        ...
+
+    async def spent_for(self, owner: str, phone: str, now: float) -> Verification | None:
+        """The latest verification of `owner` and `phone` that ran out of attempts and whose
+        deadline is still to come at `now`: Twilio's clients are told of it until then.
+        """
+        ...
+
     async def sms_sent(self, v: Verification) -> bool:
         """Checkpoint the SMS; False if the verification is no longer pending."""
+        ...
+
+    async def resent(self, verification_id: str, at: float) -> bool:
+        """Record that the code was sent again at `at`; False if it is no longer pending."""
         ...
 
     async def attempted(self, before: Verification, after: Verification) -> bool:

@@ -17,6 +17,7 @@ from aiohttp.typedefs import Handler
 
 from service.errors import (
     BadRequest,
+    Conflict,
     NotFound,
     NotPending,
     PayloadTooLarge,
@@ -49,6 +50,7 @@ BY_CODE: dict[str, tuple[int, int]] = {
 BY_CLASS: dict[type[VerificationError], tuple[int, int]] = {
     BadRequest: (400, 60200),
     Unauthorized: (401, 20003),
+    Conflict: (409, 20409),
     NotFound: (404, 20404),
     NotPending: (404, 20404),
     PayloadTooLarge: (413, 20001),

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from service.config import VerificationSettings, VerifyV2Settings
+from service.config import VerifyServiceSettings
 from service.models import Status, Verification
 
 CHANNEL = "sms"
@@ -34,7 +34,8 @@ class Context:
         return f"{self.base_url}/v2/Services/{self.service_sid}"
 
 
-def verification(v: Verification, sends: list[float], ctx: Context) -> dict[str, Any]:
+def verification(v: Verification, ctx: Context) -> dict[str, Any]:
+    sends = _sends(v)
     return {
         "sid": v.id,
         "service_sid": ctx.service_sid,
@@ -75,17 +76,14 @@ def verification_check(v: Verification, ctx: Context) -> dict[str, Any]:
 
 
 def service(
-    settings: VerifyV2Settings,
-    verification: VerificationSettings,
-    created_at: float,
-    ctx: Context,
+    settings: VerifyServiceSettings, code_length: int, created_at: float, ctx: Context
 ) -> dict[str, Any]:
     url = ctx.service_url()
     return {
-        "sid": settings.service_sid,
+        "sid": settings.sid,
         "account_sid": ctx.account_sid,
         "friendly_name": settings.friendly_name,
-        "code_length": verification.code_length,
+        "code_length": code_length,
         "lookup_enabled": False,
         "psd2_enabled": False,
         "skip_sms_to_landlines": False,
@@ -129,6 +127,11 @@ def service_page(services: list[dict[str, Any]], ctx: Context, page_size: int) -
             "url": url,
         },
     }
+
+
+def _sends(v: Verification) -> list[float]:
+    """When the code was sent, first to last: the first when it was asked to be (its start)."""
+    return [v.created_at, *v.resends]
 
 
 def _updated(v: Verification, sends: list[float]) -> float:

@@ -2,30 +2,26 @@
 
 They run in the Twilio sub-application: the app's objects are reached through `config_dict`,
 the caller's through `auth`'s request keys. A verification is named by its SID or, as the SDK
-lets clients do, by its E.164 number (in the path unencoded, `/Verifications/+1415...`).
+lets clients do, by its E.164 number (in the path unencoded, `/Verifications/+1415...`), and
+belongs to the Service it was started in: those started on another surface to the first one.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from multidict import MultiDictProxy
 
 from service import validation
-from service.api.keys import (
-    codes_key,
-    numbers_key,
-    orchestrator_key,
-    settings_key,
-    store_key,
-)
+from service.api.keys import orchestrator_key, settings_key, store_key
 from service.api.twilio import render
 from service.api.twilio.auth import account_key, owner_key
+from service.config import VerifyServiceSettings
 from service.errors import BadRequest, NotFound, NotPending, Unprocessable
-from service.models import Verification
+from service.models import DEFAULT_POLICY, Policy, Verification
 
 #: Twilio's bounds on a code, whatever the Service's length: outside them the request is refused;
 #: inside them a code of another form is a wrong code, and spends an attempt, as on Twilio.
@@ -36,9 +32,9 @@ PAGE_SIZES = range(1, 1001)
 
 @dataclass(slots=True)
 class ServiceDates:
-    """When the Service was first served, agreed by every replica on the database, once."""
+    """When each Service was first served, agreed by every replica on the database, once."""
 
-    created_at: float | None = None
+    created_at: dict[str, float] = field(default_factory=dict)
 
 
 service_dates_key = web.AppKey("service_dates", ServiceDates)
@@ -50,38 +46,36 @@ service_dates_key = web.AppKey("service_dates", ServiceDates)
 async def list_services(request: web.Request) -> web.Response:
     raw = request.query.get("PageSize", "50")
     size = int(raw) if raw.isdigit() and int(raw) in PAGE_SIZES else 50
-    page = render.service_page([await _service(request)], _context(request), size)
-    return _json(page)
+    services = request.config_dict[settings_key].verify_v2.all_services()
+    shown = [await _service(request, s) for s in services[:size]]
+    return _json(render.service_page(shown, _context(request, services[0]), size))
 
 
 async def create_service(request: web.Request) -> web.Response:
-    """Services are configured, not made: a create naming the configured one answers it."""
+    """Services are configured, not made: a create naming a configured one answers it."""
     form = await request.post()
-    settings = request.config_dict[settings_key]
     name = _required(form, "FriendlyName")
     length = form.get("CodeLength")
-    if name != settings.verify_v2.friendly_name or (
-        length is not None and length != str(settings.verification.code_length)
-    ):
-        raise BadRequest(
-            "Services are configured, not created: [verify_v2] in config.toml names one"
-            f" ('{settings.verify_v2.friendly_name}', codes of"
-            f" {settings.verification.code_length} digits).",
-            code="service_not_configurable",
-        )
-    return _json(await _service(request), status=201)
+    length = length if isinstance(length, str) else None
+    for service in request.config_dict[settings_key].verify_v2.all_services():
+        if service.friendly_name == name and length in (None, str(_code_length(request, service))):
+            return _json(await _service(request, service), status=201)
+    raise BadRequest(
+        "Services are configured, not created: [verify_v2] in config.toml names them, and"
+        f" none is '{name}'" + (f" with codes of {length} digits." if length else "."),
+        code="service_not_configurable",
+    )
 
 
 async def fetch_service(request: web.Request) -> web.Response:
-    _check_service(request, request.match_info["Sid"])
-    return _json(await _service(request))
+    return _json(await _service(request, _service_of(request, request.match_info["Sid"])))
 
 
 # -- verifications --------------------------------------------------------------------------------
 
 
 async def create_verification(request: web.Request) -> web.Response:
-    _check_service(request, request.match_info["ServiceSid"])
+    service = _service_of(request, request.match_info["ServiceSid"])
     form = await request.post()
     phone = _phone(_required(form, "To"))
     channel = _required(form, "Channel")
@@ -89,24 +83,21 @@ async def create_verification(request: web.Request) -> web.Response:
         raise BadRequest(f"Delivery channel disabled: '{channel}'.", code="channel_disabled")
     if form.get("CustomCode"):
         raise BadRequest("CustomCode is not enabled for this Service.", code="custom_code_disabled")
-    owner = request[owner_key]
-    started = await request.config_dict[orchestrator_key].start(phone, None, owner=owner)
-    numbers = request.config_dict[numbers_key]
-    v = started.verification
-    if not started.created:
-        numbers.resent(v, time.time())
-    return _json(render.verification(v, numbers.sends(v), _context(request)), status=201)
+    orchestrator = request.config_dict[orchestrator_key]
+    started = await orchestrator.start(
+        phone, None, owner=request[owner_key], policy=_policy(request, service)
+    )
+    return _json(render.verification(started.verification, _context(request, service)), 201)
 
 
 async def fetch_verification(request: web.Request) -> web.Response:
-    _check_service(request, request.match_info["ServiceSid"])
-    v = await _pending(request, request.match_info["Sid"])
-    sends = request.config_dict[numbers_key].sends(v)
-    return _json(render.verification(v, sends, _context(request)))
+    service = _service_of(request, request.match_info["ServiceSid"])
+    v = await _pending(request, service, request.match_info["Sid"])
+    return _json(render.verification(v, _context(request, service)))
 
 
 async def update_verification(request: web.Request) -> web.Response:
-    _check_service(request, request.match_info["ServiceSid"])
+    service = _service_of(request, request.match_info["ServiceSid"])
     form = await request.post()
     status = _required(form, "Status")
     if status not in ("canceled", "approved"):
@@ -114,20 +105,17 @@ async def update_verification(request: web.Request) -> web.Response:
             f"Invalid parameter Status: '{status}' (canceled or approved).",
             code="invalid_parameter",
         )
-    v = await _pending(request, request.match_info["Sid"])
-    sends = request.config_dict[numbers_key].sends(v)  # before its entry goes with the end
+    v = await _pending(request, service, request.match_info["Sid"])
     orchestrator, owner = request.config_dict[orchestrator_key], request[owner_key]
     if status == "canceled":
         done = await orchestrator.cancel(v.id, owner=owner)
     else:
-        # Approved the one way the orchestrator approves: by the verification's own code.
-        code = request.config_dict[codes_key].code(v.salt)
-        done = await orchestrator.submit_code(v.id, code, owner=owner)
-    return _json(render.verification(done, sends, _context(request)))
+        done = await orchestrator.approve(v.id, owner=owner)
+    return _json(render.verification(done, _context(request, service)))
 
 
 async def check_verification(request: web.Request) -> web.Response:
-    _check_service(request, request.match_info["ServiceSid"])
+    service = _service_of(request, request.match_info["ServiceSid"])
     form = await request.post()
     sid, to = form.get("VerificationSid"), form.get("To")
     if not sid and not to:
@@ -137,36 +125,57 @@ async def check_verification(request: web.Request) -> web.Response:
     code = _required(form, "Code")
     if len(code) not in CODE_LENGTHS:
         raise BadRequest("Invalid parameter Code: 4 to 10 characters.", code="invalid_parameter")
-    verification_id = str(sid) if sid else _by_number(request, _phone(str(to)))
+    if sid:
+        verification_id = str(sid)
+        await _in_service(request, service, verification_id)
+    else:
+        verification_id = (await _by_number(request, service, _phone(str(to)))).id
     orchestrator = request.config_dict[orchestrator_key]
     v = await orchestrator.submit_code(verification_id, code, owner=request[owner_key])
-    return _json(render.verification_check(v, _context(request)))
+    return _json(render.verification_check(v, _context(request, service)))
 
 
 # -- helpers --------------------------------------------------------------------------------------
 
 
-async def _pending(request: web.Request, sid_or_number: str) -> Verification:
+async def _pending(
+    request: web.Request, service: VerifyServiceSettings, sid_or_number: str
+) -> Verification:
     """The pending verification named: a finished one is as good as gone on this surface."""
-    owner = request[owner_key]
     if sid_or_number.startswith("+"):
         try:
-            verification_id = _by_number(request, validation.phone_number(sid_or_number))
-        except Unprocessable:
+            phone = validation.phone_number(sid_or_number)
+        except (BadRequest, Unprocessable):
             raise _not_found(sid_or_number) from None
-    else:
-        verification_id = sid_or_number
-    v = await request.config_dict[orchestrator_key].get(verification_id, owner=owner)
+        return await _by_number(request, service, phone)
+    v = await _in_service(request, service, sid_or_number)
     if not v.pending:
         raise NotPending(v)
     return v
 
 
-def _by_number(request: web.Request, phone: str) -> str:
-    found = request.config_dict[numbers_key].pending_for(request[owner_key], phone)
-    if found is None:
+async def _in_service(
+    request: web.Request, service: VerifyServiceSettings, verification_id: str
+) -> Verification:
+    """The caller's verification of this id, if it was started in `service`."""
+    orchestrator = request.config_dict[orchestrator_key]
+    v = await orchestrator.get(verification_id, owner=request[owner_key])
+    if _policy(request, service).service != v.service:
+        raise _not_found(verification_id)
+    return v
+
+
+async def _by_number(
+    request: web.Request, service: VerifyServiceSettings, phone: str
+) -> Verification:
+    """The number's pending verification; one out of attempts is NotPending (60202)."""
+    orchestrator = request.config_dict[orchestrator_key]
+    v = await orchestrator.current_for(phone, owner=request[owner_key])
+    if v is None or v.service != _policy(request, service).service:
         raise _not_found(phone)
-    return found
+    if not v.pending:
+        raise NotPending(v)
+    return v
 
 
 def _not_found(name: str) -> NotFound:
@@ -180,28 +189,46 @@ def _phone(raw: str) -> str:
         raise Unprocessable(f"Invalid parameter To: {raw}", code="invalid_phone") from None
 
 
-def _check_service(request: web.Request, sid: str) -> None:
-    if sid != request.config_dict[settings_key].verify_v2.service_sid:
-        raise NotFound(f"The requested resource /Services/{sid} was not found")
+def _service_of(request: web.Request, sid: str) -> VerifyServiceSettings:
+    for service in request.config_dict[settings_key].verify_v2.all_services():
+        if service.sid.upper() == sid.upper():
+            return service
+    raise NotFound(f"The requested resource /Services/{sid} was not found")
 
 
-async def _service(request: web.Request) -> dict[str, Any]:
-    dates = request.app[service_dates_key]
-    if dates.created_at is None:
-        agreed = await request.config_dict[store_key].agree(
-            "verify_v2_service_created", repr(time.time())
-        )
-        dates.created_at = float(agreed)
-    settings = request.config_dict[settings_key]
-    return render.service(
-        settings.verify_v2, settings.verification, dates.created_at, _context(request)
+def _policy(request: web.Request, service: VerifyServiceSettings) -> Policy:
+    """What `service` makes verifications with; the first Service is the service's own."""
+    if service.sid == request.config_dict[settings_key].verify_v2.service_sid:
+        return DEFAULT_POLICY
+    return Policy(
+        service=service.sid,
+        code_length=service.code_length or None,
+        ttl_seconds=service.ttl_seconds or None,
+        max_attempts=service.max_attempts or None,
     )
 
 
-def _context(request: web.Request) -> render.Context:
+def _code_length(request: web.Request, service: VerifyServiceSettings) -> int:
+    return service.code_length or request.config_dict[settings_key].verification.code_length
+
+
+async def _service(request: web.Request, service: VerifyServiceSettings) -> dict[str, Any]:
+    dates = request.app[service_dates_key].created_at
+    if service.sid not in dates:
+        # The first Service keeps the name it had when it was the only one.
+        name = "verify_v2_service_created"
+        if service.sid != request.config_dict[settings_key].verify_v2.service_sid:
+            name += f":{service.sid}"
+        agreed = await request.config_dict[store_key].agree(name, repr(time.time()))
+        dates[service.sid] = float(agreed)
+    context = _context(request, service)
+    return render.service(service, _code_length(request, service), dates[service.sid], context)
+
+
+def _context(request: web.Request, service: VerifyServiceSettings) -> render.Context:
     settings = request.config_dict[settings_key].verify_v2
     base = settings.public_base_url.rstrip("/") or f"{request.scheme}://{request.host}"
-    return render.Context(base, settings.service_sid, request[account_key])
+    return render.Context(base, service.sid, request[account_key])
 
 
 def _required(form: MultiDictProxy[str | Any], name: str) -> str:

@@ -159,6 +159,18 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (holder, verification_id)
     );
     """,
+    # What a Twilio Verify Service sets for each verification it starts, kept with it: a change
+    # of the configuration applies to new ones, never to a code already sent. `resends`: when
+    # the code was sent again (Twilio lists each send).
+    """
+    ALTER TABLE verifications
+        ADD COLUMN service text NOT NULL DEFAULT '',
+        ADD COLUMN code_length integer NOT NULL DEFAULT 0,
+        ADD COLUMN resends double precision[] NOT NULL DEFAULT '{}';
+    -- Out of attempts, a number is still answered so (60202) until its deadline: found by it.
+    CREATE INDEX verifications_spent ON verifications (owner, phone, created_at)
+        WHERE status = 'max_attempts_reached';
+    """,
 )
 
 

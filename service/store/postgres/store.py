@@ -45,11 +45,17 @@ HELD = valid("$1", "$2")
 # would adopt what it started. A pending one for the same caller and number is left as it is.
 INSERT_VERIFICATION = f"""
     INSERT INTO verifications ({COLUMNS}, holder)
-    SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $1 WHERE {HELD}
+    SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $1
+    WHERE {HELD}
     ON CONFLICT (owner, phone) WHERE status = 'pending' DO NOTHING
 """
 SELECT_PENDING_FOR = f"""
     SELECT {COLUMNS} FROM verifications WHERE owner = $1 AND phone = $2 AND status = 'pending'
+"""
+SELECT_SPENT_FOR = f"""
+    SELECT {COLUMNS} FROM verifications WHERE owner = $1 AND phone = $2
+        AND status = 'max_attempts_reached' AND expires_at > $3
+    ORDER BY created_at DESC LIMIT 1
 """
 
 # One statement: the conditional UPDATE of each verification still pending, and the outcome of
@@ -340,6 +346,23 @@ class PostgresStore:
             v.sms_sent_at,
             v.sms_id,
             v.id,
+        )
+
+    async def pending_for(self, owner: str, phone: str) -> Verification | None:
+        row = await self._read(lambda db: db.fetchrow(SELECT_PENDING_FOR, owner, phone))
+        return as_verification(row) if row is not None else None
+
+    async def spent_for(self, owner: str, phone: str, now: float) -> Verification | None:
+        row = await self._read(lambda db: db.fetchrow(SELECT_SPENT_FOR, owner, phone, now))
+        return as_verification(row) if row is not None else None
+
+    async def resent(self, verification_id: str, at: float) -> bool:
+        """Record a resend; not fenced: whichever replica is asked sends the code again."""
+        return await self._update(
+            "UPDATE verifications SET resends = array_append(resends, $1)"
+            " WHERE id = $2 AND status = 'pending'",
+            at,
+            verification_id,
         )
 
     async def attempted(self, before: Verification, after: Verification) -> bool:

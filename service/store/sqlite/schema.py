@@ -96,6 +96,17 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     WHERE json_valid(body)
       AND verification_id IN (SELECT id FROM verifications WHERE phone_redacted = 1);
     """,
+    """
+    -- What a Twilio Verify Service sets for each verification it starts, kept with it: a
+    -- change of the configuration applies to new ones, never to a code already sent.
+    ALTER TABLE verifications ADD COLUMN service TEXT NOT NULL DEFAULT '';
+    ALTER TABLE verifications ADD COLUMN code_length INTEGER NOT NULL DEFAULT 0;
+    -- When the code was sent again, as comma-separated Unix seconds (Twilio lists each send).
+    ALTER TABLE verifications ADD COLUMN resends TEXT NOT NULL DEFAULT '';
+    -- Out of attempts, a number is still answered so (60202) until its deadline: found by it.
+    CREATE INDEX verifications_spent ON verifications (owner, phone, created_at)
+        WHERE status = 'max_attempts_reached';
+    """,
 )
 
 

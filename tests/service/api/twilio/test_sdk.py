@@ -5,12 +5,16 @@ Only `client.verify.base_url` is changed; everything else is the SDK as apps use
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from twilio.base.exceptions import TwilioRestException  # type: ignore[import-untyped]
 
-from tests.support.api import API_KEY, MakeClient, start, wrong
+from tests.support.api import API_KEY, AUTH, MakeClient, start, wrong
+from tests.support.database import database
 from tests.support.twilio import TwilioServer
 from tests.support.verify_v2 import ACCOUNT_SID, SERVICE_SID, Sdk
 
@@ -83,6 +87,39 @@ async def test_cancel_and_approve_by_update(sdk: Sdk, twilio: TwilioServer) -> N
     assert other.sid != v.sid
     approved = await sdk(lambda: verifications(TO).update(status="approved"))
     assert (approved.sid, approved.status, approved.valid) == (other.sid, "approved", True)
+
+
+async def test_approving_by_update_spends_no_attempt(
+    make_client: MakeClient, twilio: TwilioServer, tmp_path: Path
+) -> None:
+    client = await make_client()
+    sdk = Sdk(str(client.make_url("")).rstrip("/"), API_KEY)
+    v = await sdk(lambda: sdk.service.verifications.create(to=TO, channel="sms"))
+    await sdk(lambda: sdk.service.verifications(v.sid).update(status="approved"))
+    r = await client.get(f"/verifications/{v.sid}", headers=AUTH)
+    assert (await r.json())["status"] == "approved"
+    # The outcome published says no code was tried.
+    with database(tmp_path / "verifications.db") as db:
+        (body,) = db.execute(
+            "SELECT body FROM outbox WHERE verification_id = ?", (v.sid,)
+        ).fetchone()
+    assert (json.loads(body)["status"], json.loads(body)["attempts"]) == ("approved", 0)
+
+
+async def test_resends_are_listed_after_a_restart(
+    make_client: MakeClient, twilio: TwilioServer
+) -> None:
+    first = await make_client()
+    sdk = Sdk(str(first.make_url("")).rstrip("/"), API_KEY)
+    for _ in range(3):
+        v = await sdk(lambda: sdk.service.verifications.create(to=TO, channel="sms"))
+    assert len(v.send_code_attempts) == 3
+    await first.close()
+    again = await make_client()
+    sdk = Sdk(str(again.make_url("")).rstrip("/"), API_KEY)
+    fetched = await sdk(lambda: sdk.service.verifications(TO).fetch())
+    assert fetched.sid == v.sid
+    assert fetched.send_code_attempts == v.send_code_attempts
 
 
 async def test_too_many_checks_is_429_60202(make_client: MakeClient, twilio: TwilioServer) -> None:
@@ -186,6 +223,76 @@ async def test_services(sdk: Sdk) -> None:
     other = sdk.client.verify.v2.services("VA" + "1" * 32).verifications
     error = await refused(sdk, lambda: other.create(to=TO, channel="sms"))
     assert (error.status, error.code) == (404, 20404)
+
+
+SHORT = "VA" + "5" * 32
+#: A Service of its own settings, beside the first, whose settings are the service's own.
+SHORT_SERVICE = {
+    "sid": SHORT,
+    "friendly_name": "Short codes",
+    "code_length": 4,
+    "ttl_seconds": 45,
+    "max_attempts": 1,
+    "template": "Sign-in code {code}",
+}
+
+
+async def test_a_service_of_its_own_settings(make_client: MakeClient, twilio: TwilioServer) -> None:
+    client = await make_client(verify_v2={"services": [SHORT_SERVICE]})
+    sdk = Sdk(str(client.make_url("")).rstrip("/"), API_KEY)
+    services = sdk.client.verify.v2.services
+    listed = await sdk(lambda: services.list())
+    assert [(s.sid, s.code_length) for s in listed] == [(SERVICE_SID, 6), (SHORT, 4)]
+    made = await sdk(lambda: services.create(friendly_name="Short codes", code_length=4))
+    assert made.sid == SHORT
+
+    v = await sdk(lambda: services(SHORT).verifications.create(to=TO, channel="sms"))
+    assert v.service_sid == SHORT and v.url.endswith(f"/Services/{SHORT}/Verifications/{v.sid}")
+    message = await twilio.wait_for_message(TO)
+    assert message.body.startswith("Sign-in code ") and len(message.code or "") == 4
+    native = await (await client.get(f"/verifications/{v.sid}", headers=AUTH)).json()
+    assert native["attempts_left"] == 1
+    lifetime = datetime.fromisoformat(native["expires_at"]) - datetime.fromisoformat(
+        native["created_at"]
+    )
+    assert lifetime.total_seconds() == 45  # the Service's, not the service's 30
+
+    # The verification is the Service's: the first Service does not see it, nor reach its number.
+    for name in (v.sid, TO):
+        error = await refused(sdk, lambda name=name: sdk.service.verifications(name).fetch())
+        assert (error.status, error.code) == (404, 20404)
+    error = await refused(sdk, lambda: sdk.service.verifications.create(to=TO, channel="sms"))
+    assert (error.status, error.code) == (409, 20409)
+    r = await client.post("/verifications", json={"phone": TO}, headers=AUTH)
+    assert r.status == 409, await r.text()
+
+    # One wrong code is all its attempts.
+    wrong_code = wrong(message.code or "0000")
+    check = services(SHORT).verification_checks
+    spent = await sdk(lambda: check.create(to=TO, code=wrong_code))
+    assert spent.status == "max_attempts_reached"
+    # Then the number is free for the first Service, whose codes are six digits.
+    other = await sdk(lambda: sdk.service.verifications.create(to=TO, channel="sms"))
+    assert other.service_sid == SERVICE_SID
+    assert len((await twilio.wait_for_message(TO)).code or "") == 6
+
+
+async def test_a_code_keeps_its_length_when_the_service_changes(
+    make_client: MakeClient, twilio: TwilioServer
+) -> None:
+    first = await make_client(verify_v2={"services": [SHORT_SERVICE]})
+    sdk = Sdk(str(first.make_url("")).rstrip("/"), API_KEY)
+    await sdk(
+        lambda: sdk.client.verify.v2.services(SHORT).verifications.create(to=TO, channel="sms")
+    )
+    code = (await twilio.wait_for_message(TO)).code
+    await first.close()
+    longer = {**SHORT_SERVICE, "code_length": 8}
+    again = await make_client(verify_v2={"services": [longer]})
+    sdk = Sdk(str(again.make_url("")).rstrip("/"), API_KEY)
+    check = sdk.client.verify.v2.services(SHORT).verification_checks
+    approved = await sdk(lambda: check.create(to=TO, code=code))
+    assert approved.status == "approved"
 
 
 async def test_metrics_count_each_surface(make_client: MakeClient, twilio: TwilioServer) -> None:
