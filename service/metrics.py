@@ -115,7 +115,8 @@ class Metrics:
         )
         self._by_surface = Counter(
             "http_requests_by_surface",
-            "HTTP requests answered, by API surface (v1, twilio_verify_v2, operations) and status.",
+            "HTTP requests answered, by API surface (v1, twilio_verify_v2, durable_functions,"
+            " operations) and status.",
             ["surface", "status"],
             registry=r,
         )
@@ -195,6 +196,10 @@ SURFACES = (
     ("/verifications", "v1"),
     ("/v2/openapi.json", "operations"),
     ("/v2/", "twilio_verify_v2"),
+    ("/runtime/webhooks/durabletask/openapi.json", "operations"),
+    ("/runtime/webhooks/durabletask/", "durable_functions"),
+    ("/api/orchestrators/", "durable_functions"),
+    ("/orchestrators/", "durable_functions"),
 )
 
 

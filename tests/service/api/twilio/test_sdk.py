@@ -301,10 +301,14 @@ async def test_metrics_count_each_surface(make_client: MakeClient, twilio: Twili
     await sdk(lambda: sdk.service.verifications.create(to=TO, channel="sms"))
     await refused(sdk, lambda: sdk.service.verifications("VE" + "0" * 32).fetch())
     await start(client, "+14155550101")
+    lab = "/api/orchestrators/E4_SmsPhoneVerification"
+    r = await client.post(lab, json="+14155550102", headers=AUTH)
+    assert r.status == 202, await r.text()
     text = await (await client.get("/metrics")).text()
     assert 'http_requests_by_surface_total{status="201",surface="twilio_verify_v2"} 1.0' in text
     assert 'http_requests_by_surface_total{status="404",surface="twilio_verify_v2"} 1.0' in text
     assert 'http_requests_by_surface_total{status="202",surface="v1"} 1.0' in text
+    assert 'http_requests_by_surface_total{status="202",surface="durable_functions"} 1.0' in text
 
 
 async def test_an_unknown_path_asks_for_credentials_first(make_client: MakeClient) -> None:
