@@ -248,7 +248,12 @@ class Orchestrator:
                 return await self._resend(pending, key, digest)
             except _Gone:
                 pass  # it ended while the resend waited its turn: this start makes a new one
-        return await self._create(phone, reference, owner, key, digest, policy)
+        for _ in range(MAX_CONFLICTS):
+            try:
+                return await self._create(phone, reference, owner, key, digest, policy)
+            except _Gone:
+                pass  # the one pending on another replica ended meanwhile: start anew
+        raise _busy()
 
     async def submit_code(
         self, verification_id: str, code: str, *, owner: str = "-"
@@ -462,12 +467,11 @@ class Orchestrator:
         resend has none): the code is the same, and a verification ended meanwhile is only sent
         one code too many, which ends with it.
         """
-        if key is not None:
-            holder = await self._store.remember_key(key, v.id, digest, self._clock())
-            if holder is not None:
-                return Started(self._replayed(holder, digest), created=False, replayed=True)
         at = self._clock()
-        if not await self._store.resent(v.id, at):
+        recorded = await self._store.resent(v.id, at, key, digest)
+        if isinstance(recorded, KeyHolder):
+            return Started(self._replayed(recorded, digest), created=False, replayed=True)
+        if not recorded:
             raise _Gone()  # ended meanwhile: the start makes a new one
         v = replace(v, resends=(*v.resends, at))
         task = asyncio.create_task(self._send_once(v))
@@ -609,13 +613,12 @@ class Orchestrator:
                     return None
                 run.verification = spent
             case SendAgain(key, digest):
-                if key is not None:
-                    holder = await self._store.remember_key(key, v.id, digest, self._clock())
-                    if holder is not None:
-                        return holder  # a replay: nothing is sent
-                # Recorded before it goes: Twilio's clients are shown every send.
+                # Recorded before it goes, with its key: Twilio's clients are shown every send.
                 at = self._clock()
-                if not await self._store.resent(v.id, at):
+                recorded = await self._store.resent(v.id, at, key, digest)
+                if isinstance(recorded, KeyHolder):
+                    return recorded  # a replay: nothing is sent
+                if not recorded:
                     await self._reload(run)
                     return None
                 run.verification = replace(v, resends=(*v.resends, at))

@@ -193,15 +193,6 @@ class Store(Outbox, Protocol):
         """
         ...
 
-    async def remember_key(
-        self, key: str, verification_id: str, digest: bytes, at: float
-    ) -> KeyHolder | None:
-        """Record that `key` was answered with an existing verification (a resend).
-
-        If the key is already taken, its holder is returned and nothing is written.
-        """
-        ...
-
     async def get(self, verification_id: str) -> Verification | None: ...
 
     async def by_idempotency_key(self, key: str) -> KeyHolder | None:
@@ -226,8 +217,15 @@ class Store(Outbox, Protocol):
         """Checkpoint the SMS; False if the verification is no longer pending."""
         ...
 
-    async def resent(self, verification_id: str, at: float) -> bool:
-        """Record that the code was sent again at `at`; False if it is no longer pending."""
+    async def resent(
+        self, verification_id: str, at: float, key: str | None = None, digest: bytes = b""
+    ) -> KeyHolder | bool:
+        """Record, in one transaction, that the code is sent again at `at` and that `key`, if
+        any, was answered with this verification.
+
+        If the key is already taken, its holder is returned; if the verification is no longer
+        pending, False: in both cases nothing is written.
+        """
         ...
 
     async def attempted(self, before: Verification, after: Verification) -> bool:

@@ -52,6 +52,10 @@ INSERT_VERIFICATION = f"""
 SELECT_PENDING_FOR = f"""
     SELECT {COLUMNS} FROM verifications WHERE owner = $1 AND phone = $2 AND status = 'pending'
 """
+RECORD_RESEND = """
+    UPDATE verifications SET resends = array_append(resends, $1)
+    WHERE id = $2 AND status = 'pending'
+"""
 SELECT_SPENT_FOR = f"""
     SELECT {COLUMNS} FROM verifications WHERE owner = $1 AND phone = $2
         AND status = 'max_attempts_reached' AND expires_at > $3
@@ -292,20 +296,6 @@ class PostgresStore:
 
         return await self._write(write)
 
-    async def remember_key(
-        self, key: str, verification_id: str, digest: bytes, at: float
-    ) -> KeyHolder | None:
-        """Record that `key` was answered with an existing verification (a resend).
-
-        If the key is already taken, its holder is returned and nothing is written.
-        """
-
-        async def write(db: asyncpg.Connection) -> KeyHolder | None:
-            async with db.transaction():
-                return await _claim_key(db, key, verification_id, digest, at)
-
-        return await self._write(write)
-
     async def get(self, verification_id: str) -> Verification | None:
         row = await self._read(lambda db: db.fetchrow(SELECT_VERIFICATION, verification_id))
         return as_verification(row) if row is not None else None
@@ -356,14 +346,26 @@ class PostgresStore:
         row = await self._read(lambda db: db.fetchrow(SELECT_SPENT_FOR, owner, phone, now))
         return as_verification(row) if row is not None else None
 
-    async def resent(self, verification_id: str, at: float) -> bool:
-        """Record a resend; not fenced: whichever replica is asked sends the code again."""
-        return await self._update(
-            "UPDATE verifications SET resends = array_append(resends, $1)"
-            " WHERE id = $2 AND status = 'pending'",
-            at,
-            verification_id,
-        )
+    async def resent(
+        self, verification_id: str, at: float, key: str | None = None, digest: bytes = b""
+    ) -> KeyHolder | bool:
+        """Not fenced: whichever replica is asked sends the code again, and records it."""
+
+        async def write(db: asyncpg.Connection) -> KeyHolder | bool:
+            if key is None:  # one statement: no transaction to open and commit around it
+                return _count(await db.execute(RECORD_RESEND, at, verification_id)) == 1
+            try:
+                async with db.transaction():
+                    holder = await _claim_key(db, key, verification_id, digest, at)
+                    if holder is not None:
+                        return holder
+                    if _count(await db.execute(RECORD_RESEND, at, verification_id)) == 1:
+                        return True
+                    raise _NotInserted()  # the key's claim is rolled back
+            except _NotInserted:
+                return False
+
+        return await self._write(write)
 
     async def attempted(self, before: Verification, after: Verification) -> bool:
         """Checkpoint a wrong code: attempts are spent in the database before the caller hears.
@@ -683,4 +685,4 @@ def _count(status: str) -> int:
 
 
 class _NotInserted(Exception):
-    """Rolls back an insert's transaction: the verification was not written."""
+    """Rolls back a transaction whose last write found nothing to change: nothing is kept."""

@@ -185,15 +185,6 @@ class SqliteStore:
 
         return await self._write(write)
 
-    async def remember_key(
-        self, key: str, verification_id: str, digest: bytes, at: float
-    ) -> KeyHolder | None:
-        """Record that `key` was answered with an existing verification (a resend).
-
-        If the key is already taken, its holder is returned and nothing is written.
-        """
-        return await self._write(lambda db: _claim_key(db, key, verification_id, digest, at))
-
     async def get(self, verification_id: str) -> Verification | None:
         return await self._select_one("id = ?", verification_id)
 
@@ -239,12 +230,28 @@ class SqliteStore:
             (v.sms_sent_at, v.sms_id, v.id),
         )
 
-    async def resent(self, verification_id: str, at: float) -> bool:
-        return await self._update(
-            "UPDATE verifications SET resends = ltrim(resends || ',' || ?, ',')"
-            " WHERE id = ? AND status = 'pending'",
-            (repr(at), verification_id),
-        )
+    async def resent(
+        self, verification_id: str, at: float, key: str | None = None, digest: bytes = b""
+    ) -> KeyHolder | bool:
+        def write(db: sqlite3.Connection) -> KeyHolder | bool:
+            # A savepoint, so a key claimed for a verification found ended is taken back.
+            db.execute("SAVEPOINT resent")
+            if key is not None:
+                holder = _claim_key(db, key, verification_id, digest, at)
+                if holder is not None:
+                    db.execute("RELEASE resent")
+                    return holder
+            applied = db.execute(
+                "UPDATE verifications SET resends = ltrim(resends || ',' || ?, ',')"
+                " WHERE id = ? AND status = 'pending'",
+                (repr(at), verification_id),
+            ).rowcount
+            if applied != 1:
+                db.execute("ROLLBACK TO resent")
+            db.execute("RELEASE resent")
+            return applied == 1
+
+        return await self._write(write)
 
     async def attempted(self, before: Verification, after: Verification) -> bool:
         """Checkpoint a wrong code: attempts are spent on disk before the caller hears of it.

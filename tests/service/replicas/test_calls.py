@@ -269,7 +269,8 @@ async def test_twilio_clients_find_a_number_on_every_replica(make_replicas: Make
     assert again.sid == created.sid
     assert (await cluster.twilio.wait_for_message(to)).code == code
     for name in ("a", "c"):
-        fetched = await sdks[name](lambda name=name: sdks[name].service.verifications(to).fetch())
+        sdk = sdks[name]
+        fetched = await sdk(lambda sdk=sdk: sdk.service.verifications(to).fetch())  # type: ignore[misc]
         assert (fetched.sid, len(fetched.send_code_attempts)) == (created.sid, 2), name
 
     check = sdks["c"].service.verification_checks

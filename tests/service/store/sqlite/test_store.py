@@ -10,7 +10,7 @@ import pytest
 
 from service.models import Status
 from service.outcomes import decided, outcome_of
-from service.store import Decided, Store
+from service.store import Decided, KeyHolder, Store
 from service.store.sqlite.store import SqliteStore
 from tests.support.clock import SetClock
 from tests.support.database import database
@@ -118,3 +118,19 @@ async def test_a_number_s_verification_its_resends_and_its_spent_end(store: Stor
     assert await store.spent_for("key-1", v.phone, v.expires_at - 1) == spent
     assert await store.spent_for("key-1", v.phone, v.expires_at) is None
     assert await store.spent_for("key-2", v.phone, v.expires_at - 1) is None
+
+
+async def test_a_resend_claims_its_key_only_while_pending(store: Store) -> None:
+    first, second = verification("VEfirst"), verification("VEsecond")
+    await store.insert(first, "key-1", b"digest-1")
+    await store.insert(second)
+    holder = await store.resent(second.id, 905.0, "key-1", b"digest-2")
+    assert isinstance(holder, KeyHolder) and holder.verification == first
+    assert (await store.get(second.id)) == second  # nothing recorded
+
+    assert await store.resent(first.id, 905.0, "key-2", b"digest-3") is True
+    claimed = await store.by_idempotency_key("key-2")
+    assert claimed is not None and claimed.verification.resends == (905.0,)
+    await store.finish([decided(replace(second, status=Status.CANCELED, completed_at=906.0))])
+    assert await store.resent(second.id, 907.0, "key-3", b"digest-4") is False
+    assert await store.by_idempotency_key("key-3") is None
