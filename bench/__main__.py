@@ -1,10 +1,11 @@
-"""`python -m bench [throughput|waiting|push-vs-poll|replicas|report] [options]`; no command runs
-the first three.
+"""`python -m bench [throughput|waiting|push-vs-poll|scale|replicas|report] [options]`; no command
+runs all but replicas.
 
-    python -m bench                                   all three at their default sizes
+    python -m bench                                   all but replicas, at their default sizes
     python -m bench throughput --n 2000 --concurrency 64 [--profile]
     python -m bench waiting --m 100000                (--m 1000000: the stretch goal)
     python -m bench push-vs-poll --k 300 --intervals 1000 200
+    python -m bench scale --m 100000 --rate 150       (--m 1000000: the million, seeded)
     python -m bench replicas --n 1000 --replicas 1 2 3 --kills 10   (needs PostgreSQL's server)
     python -m bench report                            BENCHMARKS.md's tables from bench/results/
 
@@ -27,7 +28,7 @@ from typing import Any
 
 import uvloop
 
-from bench import machine, push_vs_poll, replicas, report, throughput, waiting
+from bench import machine, push_vs_poll, replicas, report, scale, throughput, waiting
 from bench.stack import LocalStack, localstack, log
 
 Measure = Callable[[Any, LocalStack], Awaitable[dict[str, Any]]]
@@ -37,12 +38,14 @@ BENCHMARKS: dict[str, tuple[Measure, report.Renderer]] = {
     waiting.NAME: (waiting.measure, waiting.render),
     push_vs_poll.NAME: (push_vs_poll.measure, push_vs_poll.render),
     replicas.NAME: (replicas.measure, replicas.render),
+    scale.NAME: (scale.measure, scale.render),
 }
 #: Run only when named, not by `all`: they need PostgreSQL's server.
 ON_REQUEST = {replicas.NAME}
 #: Every result BENCHMARKS.md shows, by the name it is kept under.
 RENDERERS: dict[str, report.Renderer] = {n: r for n, (_, r) in BENCHMARKS.items()} | {
-    waiting.STRETCH: waiting.render
+    waiting.STRETCH: waiting.render,
+    scale.STRETCH: scale.render,
 }
 #: What a whole run of all three may take before it is stopped, whatever it is doing.
 TIME_LIMIT_SECONDS = 45 * 60
@@ -160,6 +163,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="codes sent to the survivors right after each kill",
     )
 
+    c = commands.add_parser("scale", help=scale.__doc__.splitlines()[0])
+    c.add_argument("--m", type=int, default=scale.Options.m, help="pending verifications, seeded")
+    c.add_argument("--expiring", type=int, default=scale.Options.expiring)
+    c.add_argument("--rate", type=float, default=scale.Options.rate, help="paced whole ones/s")
+    c.add_argument("--seconds", type=float, default=scale.Options.seconds)
+
     commands.add_parser("report", help="rewrite BENCHMARKS.md's tables from bench/results/")
     return parser.parse_args(argv)
 
@@ -171,6 +180,7 @@ def options_of(name: str, args: argparse.Namespace | None) -> Any:
         waiting.NAME: waiting.Options,
         push_vs_poll.NAME: push_vs_poll.Options,
         replicas.NAME: replicas.Options,
+        scale.NAME: scale.Options,
     }[name]
     if args is None:
         return cls()
@@ -195,7 +205,8 @@ async def run(names: list[str], args: argparse.Namespace | None, command: str) -
                 described = machine.describe()
                 results = await measure(options_of(name, args), sqs_server)
                 result = report.record(name, command, described, results)
-                slot = waiting.slot(result) if name == waiting.NAME else name
+                slots = {waiting.NAME: waiting.slot, scale.NAME: scale.slot}
+                slot = slots[name](result) if name in slots else name
                 path = report.save(result, slot)
                 print(f"\n## {name}\n\n{render(result)}\n", flush=True)
                 if results.get("profile"):

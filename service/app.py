@@ -19,9 +19,11 @@ from service.api.keys import (
 )
 from service.api.routes import setup_routes
 from service.api.v1.errors import errors
+from service.backoff import delays
 from service.codes import CodeBook, load_secret
+from service.collector import Collector
 from service.config import Settings
-from service.errors import ConfigError
+from service.errors import ConfigError, StoreUnavailable
 from service.limits import Limits
 from service.metrics import Metrics, metrics_key, metrics_middleware
 from service.orchestrator.orchestrator import Orchestrator
@@ -32,12 +34,15 @@ from service.readiness import Readiness, readiness_key
 from service.retention import keep_sweeping
 from service.sms.base import create_sender
 from service.sms.challenge import Challenges
-from service.store import open_store
+from service.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
 #: How long a stop waits, once the orchestrator has stopped, for its last outcomes to reach SQS.
 FLUSH_SECONDS = 1.0
+
+#: Waits between tries of a recovery the database refused; the last repeats.
+RECOVERY_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
 
 #: What keeps this replica's lease, where replicas share the database.
 tenure_key = web.AppKey("tenure", Tenure)
@@ -100,7 +105,7 @@ async def _sender(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
-    """The orchestrator, with every pending verification recovered before the first request."""
+    """The orchestrator; what was pending is recovered beside the first requests."""
     settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
     codes = CodeBook(load_secret(settings.database), settings.verification.code_length)
     if await store.agree("code_book", codes.fingerprint()) != codes.fingerprint():
@@ -120,6 +125,8 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
         observer=metrics,
         templates={s.sid: s.template for s in services if s.template},
     )
+    # The longest a code lives, whichever Service made it: deadlines found longer are capped.
+    ttl = max([settings.verification.ttl_seconds, *(s.ttl_seconds for s in services)])
     orchestrator = Orchestrator(
         store,
         challenges,
@@ -129,11 +136,10 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
         settings.database,
         clock=time.time,
         observer=metrics,
+        longest_ttl=ttl,
     )
     metrics.watch_pending(lambda: orchestrator.pending_count)
     app[orchestrator_key] = orchestrator
-    # The longest a code lives, whichever Service made it: recovery caps deadlines by it.
-    ttl = max([settings.verification.ttl_seconds, *(s.ttl_seconds for s in services)])
     tenure = None
     if store.lease is not None:
         # Renewing before recovery, which may take longer than a lease. Stopped by the store's
@@ -141,14 +147,39 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
         # outcomes are flushed, until the store hands the rest over.
         tenure = app[tenure_key] = Tenure(store, store.lease, orchestrator, time.time, ttl, metrics)
         tenure.start()
+    collector = Collector(lambda: orchestrator.pending_count)
+    recovery = asyncio.create_task(_recover(store, orchestrator, ttl, tenure, collector))
     try:
-        await recover(store, orchestrator, time.time, ttl)
-        if tenure is not None:
-            tenure.start_adopting()
         yield
     finally:
+        recovery.cancel()
+        await asyncio.gather(recovery, return_exceptions=True)
+        await collector.stop()
         # Closed at the stop's start already (`_stop_domain`): this one is for a failed start-up.
         await orchestrator.close(settings.server.shutdown_grace_seconds)
+
+
+async def _recover(
+    store: Store,
+    orchestrator: Orchestrator,
+    ttl: float,
+    tenure: Tenure | None,
+    collector: Collector,
+) -> None:
+    """Recover beside the requests, again until it succeeds; then adopt, and keep the heap."""
+    for delay in delays(RECOVERY_RETRY_DELAYS):
+        try:
+            await recover(store, orchestrator, time.time, ttl)
+            break
+        except StoreUnavailable as exc:
+            log.warning("recovery could not read the database (%s): trying again", exc)
+        except Exception:
+            log.exception("recovery failed: trying again")
+        await asyncio.sleep(delay)
+    collector.freeze()  # what recovery armed waits for minutes: out of the collector's sight
+    collector.start()
+    if tenure is not None:
+        tenure.start_adopting()
 
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:

@@ -80,6 +80,9 @@ STORE_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 #: Times a command is decided again because another replica changed the row meanwhile; past
 #: it (a verification hammered from every replica at once), 503 and the client tries again.
 MAX_CONFLICTS = 32
+#: A stop cancels the idle tasks one by one up to this many (milliseconds' work); past it, it
+#: leaves them for the process to end with.
+CANCEL_IDLE_UP_TO = 10_000
 
 
 #: A command and the future its caller waits on; the SMS activity's reports have none.
@@ -164,8 +167,14 @@ class Orchestrator:
         database: DatabaseSettings | None = None,
         clock: Clock = time.time,
         observer: Observer = IGNORED,
+        longest_ttl: float | None = None,
     ) -> None:
+        """`longest_ttl`: the longest any verification may have left (the settings' TTL by
+        default, a longer Service's if any): one found with more, the clock having been set
+        back, is shortened to it.
+        """
         self._limits = limits
+        self._longest_ttl = longest_ttl or settings.ttl_seconds
         self._store = store
         self._challenges = challenges
         self._codes = codes
@@ -186,6 +195,27 @@ class Orchestrator:
         self._side_sends: set[asyncio.Task[None]] = set()
         #: See `take_doubts`.
         self._doubted: set[str] = set()
+        self._recovering = False
+        #: Verifications that ended while recovery ran: a page read before they ended must not
+        #: arm them again.
+        self._ended_while_recovering: set[str] = set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def recovering(self) -> bool:
+        """While recovery arms what is pending, a number's pending one may not be armed yet:
+        it is looked for in the store, and armed on demand.
+        """
+        return self._recovering
+
+    @recovering.setter
+    def recovering(self, value: bool) -> None:
+        self._recovering = value
+        if not value:
+            self._ended_while_recovering.clear()
 
     @property
     def pending_count(self) -> int:
@@ -241,7 +271,7 @@ class Orchestrator:
         digest: bytes,
         policy: Policy,
     ) -> Started:
-        pending = self._by_phone.get((owner, phone))
+        pending = self._by_phone.get((owner, phone)) or await self._unarmed(owner, phone)
         if pending is not None:
             _same_service(pending.verification, policy)
             try:
@@ -277,14 +307,25 @@ class Orchestrator:
         """The caller's verification of this number: the pending one, else one that ran out of
         attempts before its deadline (until then, what a check of the number is told), else None.
         """
-        run = self._by_phone.get((owner, phone))
-        if self._lease is None:  # alone, every pending one is armed here
+        run = self._by_phone.get((owner, phone)) or await self._unarmed(owner, phone)
+        if self._lease is None:  # alone, every pending one is armed here, or found by _unarmed
             pending = run.verification if run is not None else None
         else:
             pending = await self._store.pending_for(owner, phone)
         if pending is not None:
             return pending
         return await self._store.spent_for(owner, phone, self._clock())
+
+    async def _unarmed(self, owner: str, phone: str) -> Run | None:
+        """Alone on the database while recovery runs: the number's pending verification not
+        armed yet, armed now. Shared, the store keeps one per number by itself.
+        """
+        if not self._recovering or self._lease is not None:
+            return None
+        found = await self._store.pending_for(owner, phone)
+        if found is None or self._stopping:
+            return None
+        return self.resume(found)
 
     async def _decide(
         self, target: Run | Verification, command: Code | Cancel | Approve
@@ -317,10 +358,25 @@ class Orchestrator:
             v: Verification | None = run.verification
         else:
             v = await self._store.get(verification_id)
+            if v is not None and run is None and self._lease is None and v.pending:
+                v = await self._arm(v)  # not reached by recovery yet
         # Another owner's verification is as good as absent: its id alone tells them nothing.
         if v is None or v.owner != owner:
             raise NotFound(f"Verification '{verification_id}' does not exist.")
         return v
+
+    async def _arm(self, v: Verification) -> Verification:
+        """Arm, on demand, a pending verification found unarmed; one overdue is expired first,
+        as its deadline would have, so it is never shown pending past it.
+        """
+        now = self._clock()
+        if v.expires_at > now + self._longest_ttl:
+            v = replace(v, expires_at=now + self._longest_ttl)
+            await self._store.shorten([v])
+        if v.expires_at > now:
+            return v if self._stopping else self.resume(v).verification
+        await self.expire([v])
+        return await self._store.get(v.id) or v
 
     def resume(self, v: Verification, *, charged: bool = False) -> Run:
         """Arm a task for a pending verification; arming one twice is harmless.
@@ -329,6 +385,8 @@ class Orchestrator:
         """
         run = self._runs.get(v.id)
         if run is None:
+            if v.id in self._ended_while_recovering:
+                return Run(v)  # read before it ended: it stays ended, unarmed
             run = self._runs[v.id] = Run(v)
             self._by_phone[(v.owner, v.phone)] = run
             run.task = asyncio.create_task(self._orchestrate(run, charged))
@@ -339,15 +397,20 @@ class Orchestrator:
 
         An SMS in flight makes its verification busy: cut short, Twilio may have taken it, and
         the restart would send it again. A task goes as soon as it is idle again. A second call,
-        while or after the first runs, finds nothing left to stop.
+        while or after the first runs, finds nothing left to stop. Past `CANCEL_IDLE_UP_TO`
+        tasks, the idle ones are left as they are, for the process to end with: cancelling a
+        million one by one would take seconds, and change nothing on disk.
         """
         self._stopping = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        if len(self._runs) > CANCEL_IDLE_UP_TO:
+            await self._until_idle(deadline)
+            return
         while True:
             for run in list(self._runs.values()):
-                if run.waiter is not None and run.task is not None and run.sending is None:
-                    run.task.cancel()
+                if _idle(run):
+                    run.task.cancel()  # type: ignore[union-attr]
             busy = [r.task for r in self._runs.values() if r.task is not None and not r.task.done()]
             busy += [task for task in self._side_sends if not task.done()]
             left = deadline - loop.time()
@@ -361,6 +424,24 @@ class Orchestrator:
         # A task cancelled before its first step never ran the code that reaps it.
         for run in list(self._runs.values()):
             self._reap(run, asyncio.CancelledError())
+
+    async def _until_idle(self, deadline: float) -> None:
+        """Wait for the busy tasks to be idle (or end), by `deadline`; then cancel the rest."""
+        loop = asyncio.get_running_loop()
+        busy = {r.task: r for r in self._runs.values() if r.task is not None and not _idle(r)}
+        sides = {task for task in self._side_sends if not task.done()}
+        while True:
+            busy = {task: r for task, r in busy.items() if not task.done() and not _idle(r)}
+            sides = {task for task in sides if not task.done()}
+            left = deadline - loop.time()
+            if not (busy or sides) or left <= 0:
+                break
+            waiting = [*busy, *sides]
+            await asyncio.wait(waiting, timeout=min(left, 0.05), return_when=FIRST_COMPLETED)
+        late = [*busy, *sides]
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
     def forget(self, verification_ids: Iterable[str]) -> int:
         """Let go of the tasks of verifications another replica decided; how many went.
@@ -757,6 +838,8 @@ class Orchestrator:
         key = (v.owner, v.phone)
         if self._by_phone.get(key) is run:
             del self._by_phone[key]
+        if self._recovering and not v.pending:
+            self._ended_while_recovering.add(v.id)
         # Whatever was still queued learns the final state, or why it was not handled.
         while (letter := run.next_command()) is not None:
             command, reply = letter
@@ -779,7 +862,7 @@ class Orchestrator:
             raise Unavailable("The service is stopping; try again shortly.")
         if self._lease is not None:
             return v  # held by another replica (or by this one, about to resume it)
-        # Pending on disk but not armed (its task failed): arm it now, so it can be answered.
+        # Armed by `get` if recovery had not reached it; else its task failed: arm it now.
         return self.resume(v)
 
     async def _direct(self, v: Verification, command: Code | Cancel | Approve) -> Verification:
@@ -868,6 +951,11 @@ def _answer(
         reply.set_exception(_Gone())
     else:
         reply.set_exception(NotPending(v))
+
+
+def _idle(run: Run) -> bool:
+    """Waiting for its code or its deadline, and for nothing else."""
+    return run.waiter is not None and run.task is not None and run.sending is None
 
 
 def _same_service(pending: Verification, policy: Policy) -> None:

@@ -3,6 +3,11 @@
 Like DBOS's recovery, it is safe to run twice: arming a verification that is already armed does
 nothing, and one that expired while the service was down is finished once, in one transaction
 with the others, by the orchestrator (`Orchestrator.expire`), as its deadline would have.
+
+It runs beside the requests, not before them: pages of pending verifications are read soonest
+deadline first and armed between turns of the loop, so a million are armed while the service
+answers, each before its deadline comes (arming outpaces the clock). A request for one not
+armed yet arms it on the spot (`Orchestrator`'s `recovering`).
 """
 
 from __future__ import annotations
@@ -10,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from service.models import Clock, Verification
@@ -21,37 +29,63 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Recovered:
-    resumed: int
-    expired: int
-    resent: int
+    resumed: int = 0
+    expired: int = 0
+    resent: int = 0
+
+    def __add__(self, other: Recovered) -> Recovered:
+        return Recovered(
+            self.resumed + other.resumed, self.expired + other.expired, self.resent + other.resent
+        )
 
 
-#: From this many pending verifications on, recovery takes them out of the collector's sight.
-FREEZE_FROM = 10_000
+#: Pending verifications read and armed at a time: one page is a few milliseconds of the loop.
+PAGE = 5_000
 
 
 async def recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: float) -> Recovered:
     """Resume every pending verification this process holds (all of them, alone on SQLite)."""
-    result = await resume_all(store, orchestrator, await store.pending(), clock, ttl)
+    started = time.perf_counter()
+    total = Recovered()
+    orchestrator.recovering = True
+    try:
+        with _collector_paused():
+            after: tuple[float, str] | None = None
+            while not orchestrator.stopping and (page := await store.pending(after, PAGE)):
+                after = (page[-1].expires_at, page[-1].id)
+                total += await _resume_all(store, orchestrator, page, clock, ttl)
+                await asyncio.sleep(0)  # the requests waiting get their turn
+                if len(page) < PAGE:
+                    break
+    finally:
+        orchestrator.recovering = False
     log.info(
-        "recovered: %d resumed (%d SMS to send again), %d expired while down",
-        result.resumed,
-        result.resent,
-        result.expired,
+        "recovered: %d resumed (%d SMS to send again), %d expired while down, in %.2f s",
+        total.resumed,
+        total.resent,
+        total.expired,
+        time.perf_counter() - started,
     )
-    return result
+    return total
 
 
 async def resume_all(
     store: Store, orchestrator: Orchestrator, pending: list[Verification], clock: Clock, ttl: float
 ) -> Recovered:
-    """Resume `pending`, held here: a restart's, or what was adopted from a lapsed replica."""
+    """Resume `pending`, held here: what was adopted from a lapsed replica."""
+    with _collector_paused():
+        return await _resume_all(store, orchestrator, pending, clock, ttl)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
     # Arming 100,000 verifications makes a million long-lived objects; the cyclic collector
     # would walk them again and again while they are made, two thirds of a restart's time.
+    # Once armed, `service.collector` keeps them out of its sight.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return await _resume_all(store, orchestrator, pending, clock, ttl)
+        yield
     finally:
         if enabled:
             gc.enable()
@@ -71,19 +105,9 @@ async def _resume_all(
             " their deadlines are now at most the TTL away",
             len(live.shortened),
         )
-    del pending
-    many = len(live.all) >= FREEZE_FROM
-    if many:
-        gc.collect()  # whatever is garbage now goes, so that the freeze below keeps none
-    resumed = await _resume(orchestrator, [v for v in live.all if v.sms_sent_at is not None])
-    # One turn of the loop: each of these tasks takes its first step and waits for its code.
-    await asyncio.sleep(0)
-    if many:
-        # They will wait for minutes, then be freed by reference counting: full collections
-        # need not walk them. Those that resend their SMS are left out, as they are mid-request.
-        gc.freeze()
-    resent = await _resume(orchestrator, [v for v in live.all if v.sms_sent_at is None])
-    return Recovered(resumed=resumed + resent, expired=len(overdue), resent=resent)
+    resumed = _resume(orchestrator, live.all)
+    resent = sum(1 for v in live.all if v.sms_sent_at is None)
+    return Recovered(resumed=resumed, expired=len(overdue), resent=resent)
 
 
 @dataclass
@@ -101,16 +125,9 @@ def _capped(live: list[Verification], latest: float) -> _Live:
     return _Live([by_id.get(v.id, v) for v in live], shortened)
 
 
-#: Verifications armed between two turns of the loop: a hundred thousand must not hold the lease's
-#: renewal, or the requests, up for seconds.
-RESUME_CHUNK = 5_000
-
-
-async def _resume(orchestrator: Orchestrator, verifications: list[Verification]) -> int:
+def _resume(orchestrator: Orchestrator, verifications: list[Verification]) -> int:
     resumed = 0
-    for n, v in enumerate(verifications, 1):
-        if n % RESUME_CHUNK == 0:
-            await asyncio.sleep(0)
+    for v in verifications:
         try:
             orchestrator.resume(v)
         except Exception:

@@ -199,8 +199,14 @@ class Store(Outbox, Protocol):
         """The holder of `key`; None if it is unused, or its verification is gone."""
         ...
 
-    async def pending(self) -> list[Verification]:
-        """Every pending verification this process holds, for recovery."""
+    async def pending(
+        self, after: tuple[float, str] | None = None, limit: int | None = None
+    ) -> list[Verification]:
+        """The pending verifications this process holds, for recovery, soonest deadline first:
+        at most `limit` of them, from the first after (`expires_at`, `id`) `after`.
+
+        Read page by page, a million are armed in deadline order while requests are answered.
+        """
         ...
 
     async def pending_for(self, owner: str, phone: str) -> Verification | None:

@@ -171,6 +171,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX verifications_spent ON verifications (owner, phone, created_at)
         WHERE status = 'max_attempts_reached';
     """,
+    # Recovery reads a replica's pending verifications page by page, soonest deadline first.
+    """
+    DROP INDEX verifications_held;
+    CREATE INDEX verifications_held ON verifications (holder, expires_at, id)
+        WHERE status = 'pending';
+    """,
 )
 
 

@@ -314,15 +314,21 @@ class PostgresStore:
             return None
         return KeyHolder(as_verification(tuple(row)[1:]), bytes(row[0]))
 
-    async def pending(self) -> list[Verification]:
+    async def pending(
+        self, after: tuple[float, str] | None = None, limit: int | None = None
+    ) -> list[Verification]:
         """The pending verifications this replica holds: those of its name's earlier life.
 
         The others' are adopted when their lease lapses (`lease.adopt`), not read here.
         """
+        start = after or (float("-inf"), "")
         rows = await self._read(
             lambda db: db.fetch(
-                f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending' AND holder = $1",
+                f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending' AND holder = $1"
+                " AND (expires_at, id) > ($2, $3) ORDER BY expires_at, id LIMIT $4",
                 self.lease.name,
+                *start,
+                limit,
             )
         )
         return [as_verification(r) for r in rows]

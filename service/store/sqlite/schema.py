@@ -107,6 +107,14 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     CREATE INDEX verifications_spent ON verifications (owner, phone, created_at)
         WHERE status = 'max_attempts_reached';
     """,
+    """
+    -- Recovery arms pending verifications page by page, soonest deadline first, while requests
+    -- are answered; a request for a number not armed yet finds its pending one by the number.
+    DROP INDEX verifications_pending;
+    CREATE INDEX verifications_pending ON verifications (expires_at, id) WHERE status = 'pending';
+    CREATE INDEX verifications_pending_number ON verifications (owner, phone)
+        WHERE status = 'pending';
+    """,
 )
 
 

@@ -199,8 +199,16 @@ class SqliteStore:
         # A key outlives its verification by at most one retention sweep: then it is unused.
         return KeyHolder(v, bytes(digest)) if v is not None else None
 
-    async def pending(self) -> list[Verification]:
-        rows = await self._read(f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending'")
+    async def pending(
+        self, after: tuple[float, str] | None = None, limit: int | None = None
+    ) -> list[Verification]:
+        # The pending index is on (expires_at, id): each page is a range of it, however many.
+        start = after or (float("-inf"), "")
+        rows = await self._read(
+            f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending'"
+            " AND (expires_at, id) > (?, ?) ORDER BY expires_at, id LIMIT ?",
+            (*start, -1 if limit is None else limit),
+        )
         return [_verification(r) for r in rows]
 
     async def pending_for(self, owner: str, phone: str) -> Verification | None:
