@@ -159,6 +159,36 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (holder, verification_id)
     );
     """,
+    # Webhooks: SQLite's tables (`sqlite.schema`), each delivery held by one replica, as the
+    # outbox's records are: the one that decided it, or its adopter.
+    """
+    CREATE TABLE webhook_endpoints (
+        name text PRIMARY KEY,
+        url text NOT NULL,
+        disabled_at double precision,
+        disabled_reason text
+    );
+    CREATE TABLE webhook_deliveries (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        verification_id text NOT NULL,
+        endpoint text NOT NULL,
+        body text NOT NULL,
+        created_at double precision NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        next_attempt_at double precision NOT NULL DEFAULT 0,
+        last_error text,
+        result text,
+        finished_at double precision,
+        holder text,
+        UNIQUE (verification_id, endpoint)
+    );
+    CREATE INDEX webhook_deliveries_held ON webhook_deliveries
+        (holder, endpoint, next_attempt_at, seq) WHERE finished_at IS NULL;
+    CREATE INDEX webhook_deliveries_oldest ON webhook_deliveries (endpoint, seq)
+        WHERE finished_at IS NULL;
+    CREATE INDEX webhook_deliveries_finished ON webhook_deliveries (finished_at)
+        WHERE finished_at IS NOT NULL;
+    """,
 )
 
 

@@ -96,6 +96,37 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     WHERE json_valid(body)
       AND verification_id IN (SELECT id FROM verifications WHERE phone_redacted = 1);
     """,
+    """
+    -- Webhooks: the endpoints configured, and whether one was disabled (it answered 410 Gone).
+    CREATE TABLE webhook_endpoints (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        disabled_at REAL,
+        disabled_reason TEXT
+    );
+    -- One delivery per outcome and endpoint, written with the final state, like the outbox;
+    -- no foreign key: the body is all a delivery needs, whatever retention does meanwhile.
+    CREATE TABLE webhook_deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        verification_id TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        -- NULL while it waits; then 'delivered', 'dropped' (its horizon passed) or 'disabled'.
+        result TEXT,
+        finished_at REAL,
+        UNIQUE (verification_id, endpoint)
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint, next_attempt_at, seq)
+        WHERE finished_at IS NULL;
+    CREATE INDEX webhook_deliveries_oldest ON webhook_deliveries (endpoint, seq)
+        WHERE finished_at IS NULL;
+    CREATE INDEX webhook_deliveries_finished ON webhook_deliveries (finished_at)
+        WHERE finished_at IS NOT NULL;
+    """,
 )
 
 
