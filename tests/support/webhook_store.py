@@ -56,3 +56,10 @@ async def check_deliveries(store: Store, clock: SetClock) -> None:
     clock.now = 5_000.0
     purged = await store.purge(finished_before=0.0, redact_before=0.0, sent_before=4_000.0)
     assert purged.touched >= 3
+    # One undelivered when finished verifications go (its endpoint no longer configured, say):
+    # given up, then purged as the others.
+    await finish(store, "VEthree")
+    await store.purge(finished_before=6_000.0, redact_before=0.0, sent_before=4_000.0)
+    assert await store.webhook_backlog("b") == WebhookBacklog(0, None, False)
+    clock.now = 9_000.0
+    await store.purge(finished_before=0.0, redact_before=0.0, sent_before=8_000.0)

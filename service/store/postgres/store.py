@@ -531,7 +531,13 @@ class PostgresStore(PostgresWebhooks):
                     (PURGE_IDEMPOTENCY_KEYS, finished_before),
                 ):
                     touched += _count(await db.execute(sql, before))
-                touched += await purge_deliveries(db, sent_before, PURGE_CHUNK)
+                touched += await purge_deliveries(
+                    db,
+                    sent_before=sent_before,
+                    finished_before=finished_before,
+                    now=self._clock(),
+                    chunk=PURGE_CHUNK,
+                )
                 # The limits' slots that left their windows: an hour's margin for clock steps.
                 touched += _count(await db.execute(SWEEP_LIMITS, self._clock() - 3600, PURGE_CHUNK))
             return Purged(touched, dropped)

@@ -56,9 +56,20 @@ async def register_endpoints(db: asyncpg.Connection, endpoints: Mapping[str, str
         await db.execute(REGISTER, name, url)
 
 
-async def purge_deliveries(db: asyncpg.Connection, sent_before: float, chunk: int) -> int:
+#: As SQLite's: outcomes still undelivered when finished verifications go are given up.
+GIVE_UP = """
+    UPDATE webhook_deliveries SET result = 'dropped', finished_at = $1
+    WHERE seq IN (SELECT seq FROM webhook_deliveries
+                  WHERE finished_at IS NULL AND created_at < $2 LIMIT $3)
+"""
+
+
+async def purge_deliveries(
+    db: asyncpg.Connection, *, sent_before: float, finished_before: float, now: float, chunk: int
+) -> int:
+    given_up: str = await db.execute(GIVE_UP, now, finished_before, chunk)
     status: str = await db.execute(PURGE_FINISHED, sent_before, chunk)
-    return int(status.rpartition(" ")[2])
+    return int(given_up.rpartition(" ")[2]) + int(status.rpartition(" ")[2])
 
 
 async def redact_deliveries(db: asyncpg.Connection, phones: Mapping[str, str]) -> None:

@@ -355,6 +355,8 @@ class SqliteStore(SqliteWebhooks):
         verifications without an outcome left, and old idempotency keys.
         """
 
+        now = self._clock()
+
         def write(db: sqlite3.Connection) -> Purged:
             masked = db.execute(REDACT_PHONES, (redact_before,)).fetchall()
             db.executemany(REDACT_OUTCOMES, [(phone, vid) for vid, phone in masked])
@@ -367,7 +369,13 @@ class SqliteStore(SqliteWebhooks):
                 (PURGE_IDEMPOTENCY_KEYS, (finished_before,)),
             ):
                 touched += max(db.execute(sql, params).rowcount, 0)
-            touched += purge_deliveries(db, sent_before, PURGE_CHUNK)
+            touched += purge_deliveries(
+                db,
+                sent_before=sent_before,
+                finished_before=finished_before,
+                now=now,
+                chunk=PURGE_CHUNK,
+            )
             return Purged(touched, dropped)
 
         purged = await self._write(write)

@@ -71,8 +71,20 @@ def insert_deliveries(
     db.executemany(INSERT, [(verification_id, name, body, now) for name in endpoints])
 
 
-def purge_deliveries(db: sqlite3.Connection, sent_before: float, chunk: int) -> int:
-    return max(db.execute(PURGE_FINISHED, (sent_before, chunk)).rowcount, 0)
+#: Outcomes still undelivered when finished verifications go (an endpoint taken out of the
+#: configuration, whose deliverer is gone) are given up, then purged as the others.
+GIVE_UP = """
+    UPDATE webhook_deliveries SET result = 'dropped', finished_at = ?
+    WHERE seq IN (SELECT seq FROM webhook_deliveries
+                  WHERE finished_at IS NULL AND created_at < ? LIMIT ?)
+"""
+
+
+def purge_deliveries(
+    db: sqlite3.Connection, *, sent_before: float, finished_before: float, now: float, chunk: int
+) -> int:
+    given_up = max(db.execute(GIVE_UP, (now, finished_before, chunk)).rowcount, 0)
+    return given_up + max(db.execute(PURGE_FINISHED, (sent_before, chunk)).rowcount, 0)
 
 
 def redact_deliveries(db: sqlite3.Connection, masked: Sequence[tuple[str, str]]) -> None:
