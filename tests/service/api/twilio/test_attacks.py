@@ -258,11 +258,6 @@ async def test_create_ignores_code_length(make_client: MakeClient, twilio: Twili
 # -- finished, as the README's table says ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a fetch or update of a verification out of attempts answers 429 60202, where the"
-    " README's table promises 404 20404 (only checks of the number are 429)",
-)
 async def test_fetch_and_update_of_a_spent_verification_are_404(
     make_client: MakeClient, twilio: TwilioServer
 ) -> None:
