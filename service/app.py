@@ -103,11 +103,12 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
     """The orchestrator, with every pending verification recovered before the first request."""
     settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
     codes = CodeBook(load_secret(settings.database), settings.verification.code_length)
-    if await store.agree("code_book", codes.fingerprint()) != codes.fingerprint():
+    # By the secret only (once "code_book", the length too): each verification keeps its length.
+    if await store.agree("code_secret", codes.fingerprint()) != codes.fingerprint():
         raise ConfigError(
-            "Another replica on this database makes its codes with a different secret or"
-            " length: give every replica the same database.secret (or secret_file) and"
-            " verification.code_length, else the codes one sends another refuses."
+            "Another replica on this database makes its codes with a different secret: give"
+            " every replica the same database.secret (or secret_file), else the codes one"
+            " sends another refuses."
         )
     limits = Limits(settings.limits, clock=time.time, observer=metrics, tally=store.tally)
     services = settings.verify_v2.all_services() if settings.verify_v2.enabled else ()

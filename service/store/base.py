@@ -208,8 +208,8 @@ class Store(Outbox, Protocol):
         ...
 
     async def spent_for(self, owner: str, phone: str, now: float) -> Verification | None:
-        """The latest verification of `owner` and `phone` that ran out of attempts and whose
-        deadline is still to come at `now`: Twilio's clients are told of it until then.
+        """The latest finished verification of `owner` and `phone`, if it ran out of attempts
+        and its deadline is still to come at `now`: Twilio's clients are told of it until then.
         """
         ...
 

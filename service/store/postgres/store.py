@@ -57,9 +57,10 @@ RECORD_RESEND = """
     WHERE id = $2 AND status = 'pending'
 """
 SELECT_SPENT_FOR = f"""
-    SELECT {COLUMNS} FROM verifications WHERE owner = $1 AND phone = $2
-        AND status = 'max_attempts_reached' AND expires_at > $3
-    ORDER BY created_at DESC LIMIT 1
+    SELECT * FROM (
+        SELECT {COLUMNS} FROM verifications WHERE owner = $1 AND phone = $2 AND status <> 'pending'
+        ORDER BY created_at DESC LIMIT 1
+    ) AS latest WHERE status = 'max_attempts_reached' AND expires_at > $3
 """
 
 # One statement: the conditional UPDATE of each verification still pending, and the outcome of

@@ -216,11 +216,11 @@ class SqliteStore:
     async def spent_for(self, owner: str, phone: str, now: float) -> Verification | None:
         rows = await self._read(
             f"SELECT {COLUMNS} FROM verifications WHERE owner = ? AND phone = ?"
-            " AND status = 'max_attempts_reached' AND expires_at > ?"
-            " ORDER BY created_at DESC LIMIT 1",
-            (owner, phone, now),
+            " AND status != 'pending' ORDER BY created_at DESC LIMIT 1",
+            (owner, phone),
         )
-        return _verification(rows[0]) if rows else None
+        latest = _verification(rows[0]) if rows else None
+        return latest if latest is not None and _spent(latest, now) else None
 
     async def sms_sent(self, v: Verification) -> bool:
         """Checkpoint the SMS; False if the verification is no longer pending."""
@@ -472,6 +472,10 @@ def _verification(row: Any) -> Verification:
     return Verification(  # type: ignore[call-arg]
         *row[:3], Status(row[3]), *row[4:16], text_times(row[16])
     )
+
+
+def _spent(v: Verification, now: float) -> bool:
+    return v.status is Status.MAX_ATTEMPTS_REACHED and v.expires_at > now
 
 
 def times_text(times: tuple[float, ...]) -> str:
