@@ -151,6 +151,11 @@ def _coerce(hint: Any, raw: Any, where: str, *, from_env: bool) -> Any:
             named = ", ".join(repr(c) for c in choices)
             raise ConfigError(f"Config '{where}' must be one of {named}, not {raw!r}.")
         return raw
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        # A table within a section (an entry of an array of tables): from the file only.
+        if from_env or not isinstance(raw, Mapping):
+            raise ConfigError(f"Config '{where}' must be a table, set in the config file.")
+        return section(hint, where, raw, {})
     if origin is tuple:
         item = get_args(hint)[0]
         items = [p.strip() for p in raw.split(",") if p.strip()] if from_env else raw

@@ -11,7 +11,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from service.api.keys import orchestrator_key, sender_key, settings_key, store_key
+from service.api.keys import (
+    orchestrator_key,
+    sender_key,
+    settings_key,
+    store_key,
+)
 from service.api.routes import setup_routes
 from service.api.v1.errors import errors
 from service.codes import CodeBook, load_secret
@@ -100,15 +105,23 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
     """The orchestrator, with every pending verification recovered before the first request."""
     settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
     codes = CodeBook(load_secret(settings.database), settings.verification.code_length)
-    if await store.agree("code_book", codes.fingerprint()) != codes.fingerprint():
+    # By the secret only (once "code_book", the length too): each verification keeps its length.
+    if await store.agree("code_secret", codes.fingerprint()) != codes.fingerprint():
         raise ConfigError(
-            "Another replica on this database makes its codes with a different secret or"
-            " length: give every replica the same database.secret (or secret_file) and"
-            " verification.code_length, else the codes one sends another refuses."
+            "Another replica on this database makes its codes with a different secret: give"
+            " every replica the same database.secret (or secret_file), else the codes one"
+            " sends another refuses."
         )
     limits = Limits(settings.limits, clock=time.time, observer=metrics, tally=store.tally)
+    services = settings.verify_v2.all_services() if settings.verify_v2.enabled else ()
     challenges = Challenges(
-        app[sender_key], codes, limits, settings.sms, clock=time.time, observer=metrics
+        app[sender_key],
+        codes,
+        limits,
+        settings.sms,
+        clock=time.time,
+        observer=metrics,
+        templates={s.sid: s.template for s in services if s.template},
     )
     orchestrator = Orchestrator(
         store,
@@ -122,7 +135,8 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
     )
     metrics.watch_pending(lambda: orchestrator.pending_count)
     app[orchestrator_key] = orchestrator
-    ttl = settings.verification.ttl_seconds
+    # The longest a code lives, whichever Service made it: recovery caps deadlines by it.
+    ttl = max([settings.verification.ttl_seconds, *(s.ttl_seconds for s in services)])
     tenure = None
     if store.lease is not None:
         # Renewing before recovery, which may take longer than a lease. Stopped by the store's

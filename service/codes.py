@@ -36,20 +36,24 @@ class CodeBook:
     def new_salt() -> bytes:
         return secrets.token_bytes(SALT_BYTES)
 
-    def code(self, salt: bytes) -> str:
+    def code(self, salt: bytes, length: int = 0) -> str:
+        """The code of `salt`, of `length` digits (0: the book's own length)."""
+        length = length or self.length
         digest = hmac.new(self._secret, salt, hashlib.sha256).digest()
         # 64 bits reduced modulo 10**length: the bias is below 10**-9, far under any guessing odds.
-        number = int.from_bytes(digest[:8], "big") % 10**self.length
-        return f"{number:0{self.length}d}"
+        number = int.from_bytes(digest[:8], "big") % 10**length
+        return f"{number:0{length}d}"
 
     def fingerprint(self) -> str:
-        """Tells code books apart without telling their secret: equal for equal codes."""
-        label = f"verification-service code book, {self.length} digits".encode()
+        """Tells secrets apart without telling them: equal for books that make equal codes of
+        a salt and a length (each verification keeps its own length).
+        """
+        label = b"verification-service code secret"
         return hmac.new(self._secret, label, hashlib.sha256).hexdigest()[:32]
 
-    def matches(self, salt: bytes, candidate: str) -> bool:
+    def matches(self, salt: bytes, candidate: str, length: int = 0) -> bool:
         """Constant-time comparison, so timing tells an attacker nothing about the digits."""
-        return hmac.compare_digest(self.code(salt).encode(), candidate.encode())
+        return hmac.compare_digest(self.code(salt, length).encode(), candidate.encode())
 
 
 def load_secret(settings: DatabaseSettings) -> bytes:

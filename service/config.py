@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,70 @@ class AuthSettings:
     allow_unauthenticated: bool = False
 
 
+SID_DIGITS = "[0-9a-fA-F]{32}"
+
+
+@dataclass(frozen=True)
+class VerifyServiceSettings:
+    """A Twilio Verify Service of its own settings; each left 0 or "" is the service's own."""
+
+    sid: str = ""
+    friendly_name: str = ""
+    code_length: int = 0
+    ttl_seconds: float = 0.0
+    max_attempts: int = 0
+    #: The SMS, as `sms.template`.
+    template: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"verify_v2.services[{self.sid or '?'}]"
+        ok = re.fullmatch("VA" + SID_DIGITS, self.sid) is not None
+        _require(ok, f"{where}.sid", "VA and 32 hex digits", self.sid)
+        name = self.friendly_name
+        _require(0 < len(name) <= 32, f"{where}.friendly_name", "1 to 32 characters", name)
+        length = self.code_length
+        _require(length == 0 or 4 <= length <= 10, f"{where}.code_length", "4 to 10", length)
+        _require(self.ttl_seconds >= 0, f"{where}.ttl_seconds", "0 or more", self.ttl_seconds)
+        _require(self.max_attempts >= 0, f"{where}.max_attempts", "0 or more", self.max_attempts)
+
+
+@dataclass(frozen=True)
+class VerifyV2Settings:
+    """The Twilio Verify v2 surface at /v2: its Services, the first of the service's settings."""
+
+    enabled: bool = True
+    #: The Service's SID, which the SDK's `services(SID)` names.
+    service_sid: str = "VA" + "0" * 32
+    friendly_name: str = "Phone verification"
+    #: The `account_sid` shown when the caller signs in with an `SK...` key; an `AC...` username
+    #: is shown as given.
+    account_sid: str = "AC" + "0" * 32
+    #: Where clients reach the surface, for the absolute `url` fields ("https://verify.example");
+    #: empty means the request's own scheme and Host.
+    public_base_url: str = ""
+    #: More Services, `[[verify_v2.services]]`, each with settings of its own.
+    services: tuple[VerifyServiceSettings, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, prefix in (("service_sid", "VA"), ("account_sid", "AC")):
+            value = getattr(self, name)
+            ok = re.fullmatch(prefix + SID_DIGITS, value) is not None
+            _require(ok, f"verify_v2.{name}", f"{prefix} and 32 hex digits", value)
+        sids = [s.sid.upper() for s in self.all_services()]
+        twice = sorted({sid for sid in sids if sids.count(sid) > 1})
+        _require(not twice, "verify_v2.services", "Services of distinct SIDs", twice)
+        name = self.friendly_name
+        _require(0 < len(name) <= 32, "verify_v2.friendly_name", "1 to 32 characters", name)
+        url = self.public_base_url
+        ok = url == "" or url.startswith(("http://", "https://"))
+        _require(ok, "verify_v2.public_base_url", "empty or an http(s) URL", url)
+
+    def all_services(self) -> tuple[VerifyServiceSettings, ...]:
+        """Every Service: `service_sid` first, of the service's own settings, then `services`."""
+        first = VerifyServiceSettings(sid=self.service_sid, friendly_name=self.friendly_name)
+        return (first, *self.services)
+
+
 @dataclass(frozen=True)
 class LimitSettings:
     sms_per_phone: int = 5
@@ -201,6 +266,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    verify_v2: VerifyV2Settings = field(default_factory=VerifyV2Settings)
 
 
 #: Conventional variable names honoured when the VERIFY_* one is not set, by section and key.

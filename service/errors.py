@@ -66,6 +66,12 @@ class NotPending(VerificationError):
         self.verification = verification
 
 
+class Conflict(VerificationError):
+    """The request is valid, but the state of another verification stands in its way."""
+
+    code = "conflict"
+
+
 class PayloadTooLarge(VerificationError):
     code = "payload_too_large"
 

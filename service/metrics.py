@@ -151,6 +151,13 @@ class Metrics:
             registry=r,
         )
         self._webhook_endpoints: tuple[str, ...] = ()
+        self._by_surface = Counter(
+            "http_requests_by_surface",
+            "HTTP requests answered, by API surface (v1, twilio_verify_v2, durable_functions,"
+            " operations) and status.",
+            ["surface", "status"],
+            registry=r,
+        )
         self._countries: dict[str, str] = {}
 
     # -- the domain's hooks -----------------------------------------------------------------------
@@ -216,6 +223,7 @@ class Metrics:
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         method = method if method in METHODS else "other"
         self._latency.labels(route, method, str(status)).observe(seconds)
+        self._by_surface.labels(surface_of(route), str(status)).inc()
 
     async def refresh(self, store: Store) -> None:
         """Read the outbox gauges from the database, which has no callback to offer."""
@@ -244,6 +252,24 @@ class Metrics:
 
 
 metrics_key = web.AppKey("metrics", Metrics)
+
+#: The API surfaces, by the prefix of their routes; anything else is an operations route.
+SURFACES = (
+    ("/verifications", "v1"),
+    ("/v2/openapi.json", "operations"),
+    ("/v2/", "twilio_verify_v2"),
+    ("/runtime/webhooks/durabletask/openapi.json", "operations"),
+    ("/runtime/webhooks/durabletask/", "durable_functions"),
+    ("/api/orchestrators/", "durable_functions"),
+    ("/orchestrators/", "durable_functions"),
+)
+
+
+def surface_of(route: str) -> str:
+    for prefix, surface in SURFACES:
+        if route.startswith(prefix):
+            return surface
+    return "operations"
 
 
 def metrics_middleware(metrics: Metrics) -> Middleware:

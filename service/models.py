@@ -52,10 +52,31 @@ class Verification:
     reason: str | None = None
     #: The fingerprint of the API key that started it; "-" when authentication is off.
     owner: str = "-"
+    #: The Twilio Verify Service (its SID) it was started in; "" when started on another surface.
+    service: str = ""
+    #: The digits of its code, fixed at its start; 0 (rows from before): `verification.code_length`.
+    code_length: int = 0
+    #: When its code was sent again (asked to be), first to last, as Unix seconds.
+    resends: tuple[float, ...] = ()
 
     @property
     def pending(self) -> bool:
         return self.status is Status.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How new verifications are made: what a Twilio Verify Service sets; None, the default."""
+
+    #: Recorded with each verification it makes ("" for the service's own default).
+    service: str = ""
+    code_length: int | None = None
+    ttl_seconds: float | None = None
+    max_attempts: int | None = None
+
+
+#: The service's own settings, for every surface but Twilio's Services.
+DEFAULT_POLICY = Policy()
 
 
 def rfc3339(timestamp: float) -> str:
@@ -66,6 +87,8 @@ def rfc3339(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros // 1000:03d}Z"
 
 
-def request_digest(phone: str, reference: str | None) -> bytes:
+def request_digest(phone: str, reference: str | None, service: str = "") -> bytes:
     """What an idempotency key was first used with, without keeping the number in the clear."""
-    return hashlib.sha256(json.dumps([phone, reference]).encode()).digest()
+    # The service only where there is one, so keys recorded before it existed still match.
+    fields = [phone, reference, service] if service else [phone, reference]
+    return hashlib.sha256(json.dumps(fields).encode()).digest()

@@ -14,6 +14,7 @@ from service import metrics, readiness
 from service.api import durable
 from service.api.durable import openapi as durable_openapi
 from service.api.keys import store_key
+from service.api.twilio import openapi as twilio_openapi
 from service.api.v1 import openapi
 
 
@@ -35,3 +36,6 @@ PUBLIC = (
     # Each surface's document beside it; the root resolves it before the surface's prefix.
     web.get(durable.DOCUMENT, durable_openapi.openapi),
 )
+
+#: The Twilio surface's document, public like ours, served by the root app beside the surface.
+TWILIO_PUBLIC = (web.get("/v2/openapi.json", twilio_openapi.openapi),)

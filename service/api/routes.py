@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.api import durable, operations, v1
+from service.api import durable, operations, twilio, v1
 from service.api.keys import settings_key
 
 
@@ -16,3 +16,6 @@ def setup_routes(app: web.Application) -> None:
     app.add_subapp(durable.WEBHOOK, durable.create_webhook(settings))
     for prefix in durable.STARTERS:
         app.add_subapp(prefix, durable.create_starter(settings))
+    if settings.verify_v2.enabled:
+        app.add_routes(operations.TWILIO_PUBLIC)
+        app.add_subapp(twilio.PREFIX, twilio.create_twilio(settings))

@@ -2,8 +2,8 @@
 
 The orchestrator's task applies what `decide` says (store writes, the SMS, the key claim) and
 answers the caller; keeping the rules here, away from the I/O, lets them be read in one screen
-and tested without an event loop. Callers send `Code`, `Cancel` and `Resend`; the SMS activity
-reports `Sent` and `SendFailed`; the timer brings `Deadline`.
+and tested without an event loop. Callers send `Code`, `Cancel`, `Approve` and `Resend`; the
+SMS activity reports `Sent` and `SendFailed`; the timer brings `Deadline`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,15 @@ class Code:
 @dataclass(frozen=True, slots=True)
 class Cancel:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Approve:
+    """The caller vouches for the person (Twilio's `update(status="approved")`): no code, no
+    attempt spent; the deadline still wins over one that arrives after it.
+    """
+
+    received_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +66,7 @@ class Deadline:
     """The deadline's timer rang (its clock may disagree: the timer is what counts)."""
 
 
-Command = Code | Cancel | Resend | Sent | SendFailed | Deadline
+Command = Code | Cancel | Approve | Resend | Sent | SendFailed | Deadline
 
 # -- decisions ------------------------------------------------------------------------------------
 
@@ -130,10 +139,12 @@ def decide(v: Verification, command: Command, now: float) -> Decision:
             return SendAgain(key, digest)
         case Cancel():
             return Finish(replace(v, status=Status.CANCELED, completed_at=now))
-        case Code(_, received_at) if received_at >= v.expires_at:
+        case Code(_, received_at) | Approve(received_at) if received_at >= v.expires_at:
             # The deadline decided, not the code, even if the timer has not rung yet.
             expired = replace(v, status=Status.EXPIRED, completed_at=v.expires_at)
             return Finish(expired, Answer.NOT_PENDING)
+        case Approve(received_at):
+            return Finish(replace(v, status=Status.APPROVED, completed_at=received_at))
         case Code(True, received_at):
             attempts = v.attempts + 1
             return Finish(

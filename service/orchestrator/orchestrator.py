@@ -38,6 +38,7 @@ from service.backoff import delays
 from service.codes import CodeBook
 from service.config import DatabaseSettings, VerificationSettings
 from service.errors import (
+    Conflict,
     NotFound,
     NotPending,
     RateLimited,
@@ -47,11 +48,12 @@ from service.errors import (
     Unprocessable,
 )
 from service.limits import Limits
-from service.models import Clock, Status, Verification, request_digest
+from service.models import DEFAULT_POLICY, Clock, Policy, Status, Verification, request_digest
 from service.observers import IGNORED, Observer
 from service.orchestrator.deadlines import Deadlines
 from service.orchestrator.decisions import (
     Answer,
+    Approve,
     Cancel,
     Checkpoint,
     Code,
@@ -69,6 +71,7 @@ from service.orchestrator.decisions import (
 from service.outcomes import decided
 from service.sms.challenge import Challenges
 from service.store import KeyHolder, Store
+from service.validation import code_refused
 
 log = logging.getLogger(__name__)
 
@@ -198,17 +201,21 @@ class Orchestrator:
         *,
         owner: str = "-",
         idempotency_key: str | None = None,
+        policy: Policy = DEFAULT_POLICY,
     ) -> Started:
         """Start a verification, or resend the pending one for this phone.
 
         The row is committed before this returns; the SMS goes out from a task of its own.
         Starts for the same owner and phone are taken one at a time, so a double click makes
         one verification and one code, whatever the interleaving. A start that sends nothing
-        (a replay, a refusal, a database failure) is not counted against the limits.
+        (a replay, a refusal, a database failure) is not counted against the limits. `policy`
+        sets what a new one is made with; a number pending under another is refused.
         """
         if self._stopping:
             raise Unavailable("The service is stopping; try again shortly.")
-        digest = request_digest(phone, reference) if idempotency_key is not None else b""
+        digest = b""
+        if idempotency_key is not None:
+            digest = request_digest(phone, reference, policy.service)
         async with self._one_start(owner, phone):
             if idempotency_key is not None:
                 holder = await self._store.by_idempotency_key(idempotency_key)
@@ -216,7 +223,9 @@ class Orchestrator:
                     return Started(self._replayed(holder, digest), created=False, replayed=True)
             admitted = await self._limits.admit(phone, owner)
             try:
-                started = await self._start(phone, reference, owner, idempotency_key, digest)
+                started = await self._start(
+                    phone, reference, owner, idempotency_key, digest, policy
+                )
             except BaseException:
                 await self._limits.refund(phone, owner, admitted)
                 raise
@@ -225,33 +234,72 @@ class Orchestrator:
             return started
 
     async def _start(
-        self, phone: str, reference: str | None, owner: str, key: str | None, digest: bytes
+        self,
+        phone: str,
+        reference: str | None,
+        owner: str,
+        key: str | None,
+        digest: bytes,
+        policy: Policy,
     ) -> Started:
         pending = self._by_phone.get((owner, phone))
         if pending is not None:
+            _same_service(pending.verification, policy)
             try:
                 return await self._resend(pending, key, digest)
             except _Gone:
                 pass  # it ended while the resend waited its turn: this start makes a new one
-        return await self._create(phone, reference, owner, key, digest)
+        for _ in range(MAX_CONFLICTS):
+            try:
+                return await self._create(phone, reference, owner, key, digest, policy)
+            except _Gone:
+                pass  # the one pending on another replica ended meanwhile: start anew
+        raise _busy()
 
     async def submit_code(
-        self, verification_id: str, code: str, *, owner: str = "-"
+        self, verification_id: str, code: str, *, owner: str = "-", exact_length: bool = False
     ) -> Verification:
-        """Hand a code to the verification's task and wait until it has been decided."""
+        """Hand a code to the verification's task and wait until it has been decided.
+
+        `exact_length`: a code not of the verification's length is refused, changing nothing;
+        else it is a wrong code, as Twilio counts it.
+        """
         target = await self._run_of(verification_id, owner)
         v = target.verification if isinstance(target, Run) else target
+        length = v.code_length or self._codes.length
+        if exact_length and len(code) != length:
+            raise code_refused(length)
         # Checked on arrival, like an update's validator: the salt is the verification's for life.
-        command = Code(self._codes.matches(v.salt, code), received_at=self._clock())
+        matches = self._codes.matches(v.salt, code, v.code_length)
+        return await self._decide(target, Code(matches, received_at=self._clock()))
+
+    async def cancel(self, verification_id: str, *, owner: str = "-") -> Verification:
+        return await self._decide(await self._run_of(verification_id, owner), Cancel())
+
+    async def approve(self, verification_id: str, *, owner: str = "-") -> Verification:
+        """Approve without a code, as the caller vouches; published like any approval."""
+        target = await self._run_of(verification_id, owner)
+        return await self._decide(target, Approve(received_at=self._clock()))
+
+    async def current_for(self, phone: str, *, owner: str = "-") -> Verification | None:
+        """The caller's verification of this number: the pending one, else one that ran out of
+        attempts before its deadline (until then, what a check of the number is told), else None.
+        """
+        run = self._by_phone.get((owner, phone))
+        if self._lease is None:  # alone, every pending one is armed here
+            pending = run.verification if run is not None else None
+        else:
+            pending = await self._store.pending_for(owner, phone)
+        if pending is not None:
+            return pending
+        return await self._store.spent_for(owner, phone, self._clock())
+
+    async def _decide(
+        self, target: Run | Verification, command: Code | Cancel | Approve
+    ) -> Verification:
         if isinstance(target, Run):
             return await self._command(target, command)
         return await self._direct(target, command)
-
-    async def cancel(self, verification_id: str, *, owner: str = "-") -> Verification:
-        target = await self._run_of(verification_id, owner)
-        if isinstance(target, Run):
-            return await self._command(target, Cancel())
-        return await self._direct(target, Cancel())
 
     async def expire(self, overdue: Sequence[Verification]) -> None:
         """Finish, in one transaction, verifications whose deadline passed while none was armed.
@@ -375,19 +423,23 @@ class Orchestrator:
         owner: str,
         key: str | None,
         digest: bytes,
+        policy: Policy,
     ) -> Started:
         now = self._clock()
+        settings = self._settings
         v = Verification(
             id="VE" + secrets.token_hex(16),
             phone=phone,
             reference=reference,
             status=Status.PENDING,
             salt=self._codes.new_salt(),
-            attempts_left=self._settings.max_attempts,
+            attempts_left=policy.max_attempts or settings.max_attempts,
             attempts=0,
             created_at=now,
-            expires_at=now + self._settings.ttl_seconds,
+            expires_at=now + (policy.ttl_seconds or settings.ttl_seconds),
             owner=owner,
+            service=policy.service,
+            code_length=policy.code_length or self._codes.length,
         )
         try:
             holder = await self._store.insert(v, key, digest)
@@ -397,6 +449,7 @@ class Orchestrator:
         if isinstance(holder, KeyHolder):  # the same key raced in from another request
             return Started(self._replayed(holder, digest), created=False, replayed=True)
         if holder is not None:  # pending for this number on another replica: send it again
+            _same_service(holder, policy)
             return await self._resend_held_elsewhere(holder, key, digest)
         self._observer.started(v)
         return Started(self.resume(v, charged=True).verification, created=True, replayed=False)
@@ -422,10 +475,13 @@ class Orchestrator:
         resend has none): the code is the same, and a verification ended meanwhile is only sent
         one code too many, which ends with it.
         """
-        if key is not None:
-            holder = await self._store.remember_key(key, v.id, digest, self._clock())
-            if holder is not None:
-                return Started(self._replayed(holder, digest), created=False, replayed=True)
+        at = self._clock()
+        recorded = await self._store.resent(v.id, at, key, digest)
+        if isinstance(recorded, KeyHolder):
+            return Started(self._replayed(recorded, digest), created=False, replayed=True)
+        if not recorded:
+            raise _Gone()  # ended meanwhile: the start makes a new one
+        v = replace(v, resends=(*v.resends, at))
         task = asyncio.create_task(self._send_once(v))
         self._side_sends.add(task)
         task.add_done_callback(self._side_sends.discard)
@@ -565,10 +621,15 @@ class Orchestrator:
                     return None
                 run.verification = spent
             case SendAgain(key, digest):
-                if key is not None:
-                    holder = await self._store.remember_key(key, v.id, digest, self._clock())
-                    if holder is not None:
-                        return holder  # a replay: nothing is sent
+                # Recorded before it goes, with its key: Twilio's clients are shown every send.
+                at = self._clock()
+                recorded = await self._store.resent(v.id, at, key, digest)
+                if isinstance(recorded, KeyHolder):
+                    return recorded  # a replay: nothing is sent
+                if not recorded:
+                    await self._reload(run)
+                    return None
+                run.verification = replace(v, resends=(*v.resends, at))
                 self._send(run, first=False, charged=True)
             case Checkpoint(sent):
                 await self._checkpoint_sms(run, sent)
@@ -729,7 +790,7 @@ class Orchestrator:
         # Pending on disk but not armed (its task failed): arm it now, so it can be answered.
         return self.resume(v)
 
-    async def _direct(self, v: Verification, command: Code | Cancel) -> Verification:
+    async def _direct(self, v: Verification, command: Code | Cancel | Approve) -> Verification:
         """Decide a command for a verification whose task runs on another replica.
 
         The same rules, the same conditional writes as its task: a write that finds the row
@@ -815,6 +876,16 @@ def _answer(
         reply.set_exception(_Gone())
     else:
         reply.set_exception(NotPending(v))
+
+
+def _same_service(pending: Verification, policy: Policy) -> None:
+    """One verification pending per number: a start under another Service is refused."""
+    if pending.service != policy.service:
+        raise Conflict(
+            "A verification is pending for this number under another service; cancel it or"
+            " wait for it to end.",
+            code="pending_in_another_service",
+        )
 
 
 def _busy() -> Unavailable:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from service.codes import CodeBook
 from service.config import SmsSettings
@@ -37,8 +37,14 @@ class Challenges:
         settings: SmsSettings,
         clock: Clock = time.time,
         observer: Observer = IGNORED,
+        templates: Mapping[str, str] | None = None,
     ) -> None:
-        check_template(settings.template)
+        """`templates`: by a verification's `service`, the template its SMS is written with
+        instead of `settings.template` (a Twilio Verify Service's own).
+        """
+        self._templates = dict(templates or {})
+        for template in (settings.template, *self._templates.values()):
+            check_template(template)
         if settings.max_concurrent_sends < 1:
             raise ConfigError("Config 'sms.max_concurrent_sends' must be positive.")
         self._sender = sender
@@ -89,7 +95,9 @@ class Challenges:
             left = self._left(v)
             if left <= 0:
                 raise SmsRejected("the verification expired before its SMS could be sent")
-            body = self._template.format(code=self._codes.code(v.salt), expires_in=duration(left))
+            template = self._templates.get(v.service, self._template)
+            code = self._codes.code(v.salt, v.code_length)
+            body = template.format(code=code, expires_in=duration(left))
             sms_id = await self._sender.send(v.phone, body)
         self._observer.sms_sent()
         return sms_id

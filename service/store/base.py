@@ -248,15 +248,6 @@ class Store(Outbox, WebhookOutbox, Protocol):
         """
         ...
 
-    async def remember_key(
-        self, key: str, verification_id: str, digest: bytes, at: float
-    ) -> KeyHolder | None:
-        """Record that `key` was answered with an existing verification (a resend).
-
-        If the key is already taken, its holder is returned and nothing is written.
-        """
-        ...
-
     async def get(self, verification_id: str) -> Verification | None: ...
 
     async def by_idempotency_key(self, key: str) -> KeyHolder | None:
@@ -267,8 +258,29 @@ class Store(Outbox, WebhookOutbox, Protocol):
         """Every pending verification this process holds, for recovery."""
         ...
 
+    async def pending_for(self, owner: str, phone: str) -> Verification | None:
+        """The verification pending for `owner` and `phone`, if any, whichever process holds it."""
+        ...
+
+    async def spent_for(self, owner: str, phone: str, now: float) -> Verification | None:
+        """The latest finished verification of `owner` and `phone`, if it ran out of attempts
+        and its deadline is still to come at `now`: Twilio's clients are told of it until then.
+        """
+        ...
+
     async def sms_sent(self, v: Verification) -> bool:
         """Checkpoint the SMS; False if the verification is no longer pending."""
+        ...
+
+    async def resent(
+        self, verification_id: str, at: float, key: str | None = None, digest: bytes = b""
+    ) -> KeyHolder | bool:
+        """Record, in one transaction, that the code is sent again at `at` and that `key`, if
+        any, was answered with this verification.
+
+        If the key is already taken, its holder is returned; if the verification is no longer
+        pending, False: in both cases nothing is written.
+        """
         ...
 
     async def attempted(self, before: Verification, after: Verification) -> bool:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from service.api.v1.auth import api_key_id, digests_of, identify
+from service.api.credentials import ApiKeys
+from service.api.v1.auth import api_key_id
 from service.config import Secret
 from service.errors import Unauthorized
 
@@ -22,13 +23,13 @@ offered_key: web.RequestKey[str | None] = web.RequestKey("offered_key")
 
 def authentication(keys: tuple[Secret, ...]) -> Middleware:
     """A configured key on every route of the sub-application it is mounted on; none, no check."""
-    digests = digests_of(keys)
+    known = ApiKeys(keys)
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         offered = _offered(request)
         request[offered_key] = offered
-        if not digests:
+        if not known:
             request[api_key_id] = "-"
             return await handler(request)
         if offered is None:
@@ -36,7 +37,7 @@ def authentication(keys: tuple[Secret, ...]) -> Middleware:
                 "An API key is required: ?code=<key>, x-functions-key: <key>"
                 " or Authorization: Bearer <key>."
             )
-        found = identify(offered, digests)
+        found = known.fingerprint(offered.strip())
         if found is None:
             raise Unauthorized("The API key is not valid.", code="invalid_api_key")
         request[api_key_id] = found

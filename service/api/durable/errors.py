@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 
 from service.errors import (
     BadRequest,
+    Conflict,
     NotFound,
     NotPending,
     PayloadTooLarge,
@@ -36,6 +37,7 @@ STATUSES: dict[type[VerificationError], int] = {
     Unprocessable: 400,
     UnsupportedMediaType: 400,
     Unauthorized: 401,
+    Conflict: 409,
     NotFound: 404,
     NotPending: 410,
     PayloadTooLarge: 413,

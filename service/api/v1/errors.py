@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 from service.api.v1.render import error_body
 from service.errors import (
     BadRequest,
+    Conflict,
     NotFound,
     NotPending,
     PayloadTooLarge,
@@ -35,6 +36,7 @@ HTTP_CODES = {
 STATUSES: dict[type[VerificationError], int] = {
     BadRequest: 400,
     Unauthorized: 401,
+    Conflict: 409,
     NotFound: 404,
     NotPending: 409,
     PayloadTooLarge: 413,

@@ -160,7 +160,7 @@ def _start() -> dict[str, Any]:
     operation = _operation(
         "startVerification",
         "Start a verification: an SMS with a one-time code goes to `phone`.",
-        {"202": created},
+        {"202": created, "409": _ref("responses", "PendingInAnotherService")},
         body=_ref("schemas", "StartRequest"),
         errors=(400, 401, 413, 415, 422, 429, 500, 503),
     )
@@ -301,6 +301,8 @@ def _schemas(settings: VerificationSettings) -> dict[str, Schema]:
                     "minLength": settings.code_length,
                     "maxLength": settings.code_length,
                     "examples": ["0" * settings.code_length],
+                    "description": "The code sent: `verification.code_length` digits (one"
+                    " started before that setting changed keeps its own length).",
                 }
             },
         },
@@ -432,6 +434,11 @@ def _responses(settings: Settings) -> dict[str, Any]:
             headers={"WWW-Authenticate": _ref("headers", "WWWAuthenticate")},
         ),
         "NotFound": error("No verification has this id. Code: not_found."),
+        "PendingInAnotherService": error(
+            "A verification is pending for the number in a Service of the Twilio Verify"
+            " surface (/v2): one number has one pending at a time. Code:"
+            " pending_in_another_service."
+        ),
         "MethodNotAllowed": error(
             "The path does not take this method. Code: method_not_allowed.",
             headers={"Allow": _ref("headers", "Allow")},

@@ -8,7 +8,7 @@ from service.models import Status, Verification
 
 COLUMNS = (
     "id, phone, reference, status, salt, attempts_left, attempts, created_at, expires_at,"
-    " completed_at, sms_sent_at, sms_id, reason, owner"
+    " completed_at, sms_sent_at, sms_id, reason, owner, service, code_length, resends"
 )
 SELECT_VERIFICATION = f"SELECT {COLUMNS} FROM verifications WHERE id = $1"
 
@@ -19,14 +19,17 @@ def as_row(v: Verification) -> tuple[Any, ...]:
     return (
         v.id, v.phone, v.reference, v.status.value, v.salt, v.attempts_left, v.attempts,
         v.created_at, v.expires_at, v.completed_at, v.sms_sent_at, v.sms_id, v.reason, v.owner,
+        v.service, v.code_length, list(v.resends),
     )  # fmt: skip
 
 
 def as_verification(row: Any) -> Verification:
     """The verification a row of `COLUMNS` holds."""
-    # Columns are in field order; only the status needs turning back into its enum.
+    # Columns are in field order; the status and the resends need turning back into theirs.
     row = tuple(row)
-    return Verification(*row[:3], Status(row[3]), *row[4:])  # type: ignore[call-arg]
+    return Verification(  # type: ignore[call-arg]
+        *row[:3], Status(row[3]), *row[4:16], tuple(row[16])
+    )
 
 
 def prefixed(alias: str) -> str:

@@ -159,6 +159,19 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (holder, verification_id)
     );
     """,
+    # What a Twilio Verify Service sets for each verification it starts, kept with it: a change
+    # of its code length applies to new ones, never to a code already sent. `resends`: when
+    # the code was sent again (Twilio lists each send).
+    """
+    ALTER TABLE verifications
+        ADD COLUMN service text NOT NULL DEFAULT '',
+        ADD COLUMN code_length integer NOT NULL DEFAULT 0,
+        ADD COLUMN resends double precision[] NOT NULL DEFAULT '{}';
+    -- A number's latest finished verification: out of attempts, a check of the number is told
+    -- so (60202) until its deadline, unless a newer one of the number has ended since.
+    CREATE INDEX verifications_finished_number ON verifications (owner, phone, created_at)
+        WHERE status <> 'pending';
+    """,
     # Webhooks: SQLite's tables (`sqlite.schema`), each delivery held by one replica, as the
     # outbox's records are: the one that decided it, or its adopter.
     """

@@ -51,11 +51,22 @@ HELD = valid("$1", "$2")
 # would adopt what it started. A pending one for the same caller and number is left as it is.
 INSERT_VERIFICATION = f"""
     INSERT INTO verifications ({COLUMNS}, holder)
-    SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $1 WHERE {HELD}
+    SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $1
+    WHERE {HELD}
     ON CONFLICT (owner, phone) WHERE status = 'pending' DO NOTHING
 """
 SELECT_PENDING_FOR = f"""
     SELECT {COLUMNS} FROM verifications WHERE owner = $1 AND phone = $2 AND status = 'pending'
+"""
+RECORD_RESEND = """
+    UPDATE verifications SET resends = array_append(resends, $1)
+    WHERE id = $2 AND status = 'pending'
+"""
+SELECT_SPENT_FOR = f"""
+    SELECT * FROM (
+        SELECT {COLUMNS} FROM verifications WHERE owner = $1 AND phone = $2 AND status <> 'pending'
+        ORDER BY created_at DESC LIMIT 1
+    ) AS latest WHERE status = 'max_attempts_reached' AND expires_at > $3
 """
 
 # One statement: the conditional UPDATE of each verification still pending, and the outcome of
@@ -305,20 +316,6 @@ class PostgresStore(PostgresWebhooks):
 
         return await self._write(write)
 
-    async def remember_key(
-        self, key: str, verification_id: str, digest: bytes, at: float
-    ) -> KeyHolder | None:
-        """Record that `key` was answered with an existing verification (a resend).
-
-        If the key is already taken, its holder is returned and nothing is written.
-        """
-
-        async def write(db: asyncpg.Connection) -> KeyHolder | None:
-            async with db.transaction():
-                return await _claim_key(db, key, verification_id, digest, at)
-
-        return await self._write(write)
-
     async def get(self, verification_id: str) -> Verification | None:
         row = await self._read(lambda db: db.fetchrow(SELECT_VERIFICATION, verification_id))
         return as_verification(row) if row is not None else None
@@ -360,6 +357,35 @@ class PostgresStore(PostgresWebhooks):
             v.sms_id,
             v.id,
         )
+
+    async def pending_for(self, owner: str, phone: str) -> Verification | None:
+        row = await self._read(lambda db: db.fetchrow(SELECT_PENDING_FOR, owner, phone))
+        return as_verification(row) if row is not None else None
+
+    async def spent_for(self, owner: str, phone: str, now: float) -> Verification | None:
+        row = await self._read(lambda db: db.fetchrow(SELECT_SPENT_FOR, owner, phone, now))
+        return as_verification(row) if row is not None else None
+
+    async def resent(
+        self, verification_id: str, at: float, key: str | None = None, digest: bytes = b""
+    ) -> KeyHolder | bool:
+        """Not fenced: whichever replica is asked sends the code again, and records it."""
+
+        async def write(db: asyncpg.Connection) -> KeyHolder | bool:
+            if key is None:  # one statement: no transaction to open and commit around it
+                return _count(await db.execute(RECORD_RESEND, at, verification_id)) == 1
+            try:
+                async with db.transaction():
+                    holder = await _claim_key(db, key, verification_id, digest, at)
+                    if holder is not None:
+                        return holder
+                    if _count(await db.execute(RECORD_RESEND, at, verification_id)) == 1:
+                        return True
+                    raise _NotInserted()  # the key's claim is rolled back
+            except _NotInserted:
+                return False
+
+        return await self._write(write)
 
     async def attempted(self, before: Verification, after: Verification) -> bool:
         """Checkpoint a wrong code: attempts are spent in the database before the caller hears.
@@ -687,4 +713,4 @@ def _count(status: str) -> int:
 
 
 class _NotInserted(Exception):
-    """Rolls back an insert's transaction: the verification was not written."""
+    """Rolls back a transaction whose last write found nothing to change: nothing is kept."""

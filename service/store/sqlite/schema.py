@@ -97,6 +97,18 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
       AND verification_id IN (SELECT id FROM verifications WHERE phone_redacted = 1);
     """,
     """
+    -- What a Twilio Verify Service sets for each verification it starts, kept with it: a
+    -- change of its code length applies to new ones, never to a code already sent.
+    ALTER TABLE verifications ADD COLUMN service TEXT NOT NULL DEFAULT '';
+    ALTER TABLE verifications ADD COLUMN code_length INTEGER NOT NULL DEFAULT 0;
+    -- When the code was sent again, as comma-separated Unix seconds (Twilio lists each send).
+    ALTER TABLE verifications ADD COLUMN resends TEXT NOT NULL DEFAULT '';
+    -- A number's latest finished verification: out of attempts, a check of the number is told
+    -- so (60202) until its deadline, unless a newer one of the number has ended since.
+    CREATE INDEX verifications_finished_number ON verifications (owner, phone, created_at)
+        WHERE status != 'pending';
+    """,
+    """
     -- Webhooks: the endpoints configured, and whether one was disabled (it answered 410 Gone).
     CREATE TABLE webhook_endpoints (
         name TEXT PRIMARY KEY,

@@ -44,7 +44,7 @@ DUE = f"""
 """
 COLUMNS = (
     "id, phone, reference, status, salt, attempts_left, attempts, created_at, expires_at,"
-    " completed_at, sms_sent_at, sms_id, reason, owner"
+    " completed_at, sms_sent_at, sms_id, reason, owner, service, code_length, resends"
 )
 
 #: A purge works in chunks of this many rows per statement, so it never holds the writer long.
@@ -198,21 +198,12 @@ class SqliteStore(SqliteWebhooks):
                 if holder is not None:
                     return holder
             db.execute(
-                f"INSERT INTO verifications ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO verifications ({COLUMNS}) VALUES ({', '.join('?' * 17)})",
                 _row(v),
             )
             return None
 
         return await self._write(write)
-
-    async def remember_key(
-        self, key: str, verification_id: str, digest: bytes, at: float
-    ) -> KeyHolder | None:
-        """Record that `key` was answered with an existing verification (a resend).
-
-        If the key is already taken, its holder is returned and nothing is written.
-        """
-        return await self._write(lambda db: _claim_key(db, key, verification_id, digest, at))
 
     async def get(self, verification_id: str) -> Verification | None:
         return await self._select_one("id = ?", verification_id)
@@ -232,6 +223,25 @@ class SqliteStore(SqliteWebhooks):
         rows = await self._read(f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending'")
         return [_verification(r) for r in rows]
 
+    async def pending_for(self, owner: str, phone: str) -> Verification | None:
+        # Alone on its file the orchestrator knows its pending ones by number: this walks them,
+        # and is not on any request's path.
+        rows = await self._read(
+            f"SELECT {COLUMNS} FROM verifications"
+            " WHERE status = 'pending' AND owner = ? AND phone = ?",
+            (owner, phone),
+        )
+        return _verification(rows[0]) if rows else None
+
+    async def spent_for(self, owner: str, phone: str, now: float) -> Verification | None:
+        rows = await self._read(
+            f"SELECT {COLUMNS} FROM verifications WHERE owner = ? AND phone = ?"
+            " AND status != 'pending' ORDER BY created_at DESC LIMIT 1",
+            (owner, phone),
+        )
+        latest = _verification(rows[0]) if rows else None
+        return latest if latest is not None and _spent(latest, now) else None
+
     async def sms_sent(self, v: Verification) -> bool:
         """Checkpoint the SMS; False if the verification is no longer pending."""
         return await self._update(
@@ -239,6 +249,29 @@ class SqliteStore(SqliteWebhooks):
             " WHERE id = ? AND status = 'pending'",
             (v.sms_sent_at, v.sms_id, v.id),
         )
+
+    async def resent(
+        self, verification_id: str, at: float, key: str | None = None, digest: bytes = b""
+    ) -> KeyHolder | bool:
+        def write(db: sqlite3.Connection) -> KeyHolder | bool:
+            # A savepoint, so a key claimed for a verification found ended is taken back.
+            db.execute("SAVEPOINT resent")
+            if key is not None:
+                holder = _claim_key(db, key, verification_id, digest, at)
+                if holder is not None:
+                    db.execute("RELEASE resent")
+                    return holder
+            applied = db.execute(
+                "UPDATE verifications SET resends = ltrim(resends || ',' || ?, ',')"
+                " WHERE id = ? AND status = 'pending'",
+                (repr(at), verification_id),
+            ).rowcount
+            if applied != 1:
+                db.execute("ROLLBACK TO resent")
+            db.execute("RELEASE resent")
+            return applied == 1
+
+        return await self._write(write)
 
     async def attempted(self, before: Verification, after: Verification) -> bool:
         """Checkpoint a wrong code: attempts are spent on disk before the caller hears of it.
@@ -462,9 +495,24 @@ def _row(v: Verification) -> tuple[Any, ...]:
     return (
         v.id, v.phone, v.reference, v.status.value, v.salt, v.attempts_left, v.attempts,
         v.created_at, v.expires_at, v.completed_at, v.sms_sent_at, v.sms_id, v.reason, v.owner,
+        v.service, v.code_length, times_text(v.resends),
     )  # fmt: skip
 
 
 def _verification(row: Any) -> Verification:
-    # Columns are in field order; only the status needs turning back into its enum.
-    return Verification(*row[:3], Status(row[3]), *row[4:])  # type: ignore[call-arg]
+    # Columns are in field order; the status and the resends need turning back into theirs.
+    return Verification(  # type: ignore[call-arg]
+        *row[:3], Status(row[3]), *row[4:16], text_times(row[16])
+    )
+
+
+def _spent(v: Verification, now: float) -> bool:
+    return v.status is Status.MAX_ATTEMPTS_REACHED and v.expires_at > now
+
+
+def times_text(times: tuple[float, ...]) -> str:
+    return ",".join(repr(t) for t in times)
+
+
+def text_times(text: str) -> tuple[float, ...]:
+    return tuple(float(t) for t in text.split(",")) if text else ()

@@ -10,6 +10,7 @@ import pytest
 from service.models import Status, Verification
 from service.orchestrator.decisions import (
     Answer,
+    Approve,
     Cancel,
     Checkpoint,
     Code,
@@ -51,6 +52,20 @@ def test_the_right_code_approves_at_its_arrival_and_counts_the_attempt() -> None
     assert decision == Finish(
         pending(status=Status.APPROVED, attempts=1, completed_at=NOW), Answer.VERIFICATION
     )
+
+
+def test_approving_spends_no_attempt() -> None:
+    decision = decide(pending(attempts=1, attempts_left=2), Approve(received_at=NOW), NOW + 5)
+
+    approved = pending(status=Status.APPROVED, attempts=1, attempts_left=2, completed_at=NOW)
+    assert decision == Finish(approved, Answer.VERIFICATION)
+
+
+def test_approving_after_the_deadline_is_too_late() -> None:
+    decision = decide(pending(), Approve(received_at=EXPIRES_AT), EXPIRES_AT)
+
+    expired = pending(status=Status.EXPIRED, completed_at=EXPIRES_AT)
+    assert decision == Finish(expired, Answer.NOT_PENDING)
 
 
 def test_a_wrong_code_spends_an_attempt_and_stays_pending() -> None:
@@ -146,6 +161,7 @@ COMMANDS: list[Command] = [
     Code(True, received_at=NOW),
     Code(False, received_at=NOW),
     Cancel(),
+    Approve(received_at=NOW),
     Resend(),
     Resend("retry-1", b"digest"),
     Sent("SM123"),

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import random
 
-from tests.support.api import wrong
+from tests.support.api import API_KEY, wrong
 from tests.support.replicas import MakeReplicas, phone
+from tests.support.verify_v2 import Sdk
 
 MAX_ATTEMPTS = 3
 
@@ -252,3 +253,28 @@ async def test_attempts_spent_on_one_replica_stay_spent_whoever_decides_last(
         assert finals[verification_id]["attempts_left"] == MAX_ATTEMPTS - 1, (how, row)
         assert (row["attempts"], row["attempts_left"]) == (spent, MAX_ATTEMPTS - 1), (how, row)
         assert [o.body["attempts"] for o in outcomes[verification_id]] == [spent], how
+
+
+async def test_twilio_clients_find_a_number_on_every_replica(make_replicas: MakeReplicas) -> None:
+    """The Verify v2 surface names verifications by number: whichever replica holds it."""
+    cluster = await make_replicas(3)
+    a, b, c = cluster.replicas
+    sdks = {r.name: Sdk(r.url, API_KEY) for r in (a, b, c)}
+    to = phone(400)
+
+    created = await sdks["a"](lambda: sdks["a"].service.verifications.create(to=to, channel="sms"))
+    code = (await cluster.twilio.wait_for_message(to)).code or ""
+    # A create on another replica resends it, and the send is listed on every replica.
+    again = await sdks["b"](lambda: sdks["b"].service.verifications.create(to=to, channel="sms"))
+    assert again.sid == created.sid
+    assert (await cluster.twilio.wait_for_message(to)).code == code
+    for name in ("a", "c"):
+        sdk = sdks[name]
+        fetched = await sdk(lambda sdk=sdk: sdk.service.verifications(to).fetch())  # type: ignore[misc]
+        assert (fetched.sid, len(fetched.send_code_attempts)) == (created.sid, 2), name
+
+    check = sdks["c"].service.verification_checks
+    approved = await sdks["c"](lambda: check.create(to=to, code=code))
+    assert (approved.sid, approved.status) == (created.sid, "approved")
+    outcomes = await cluster.outcomes([created.sid])
+    assert [o.status for o in outcomes[created.sid]] == ["approved"]

@@ -166,15 +166,22 @@ async def test_an_idempotency_key_is_claimed_once(store: Store, db: asyncpg.Conn
     assert isinstance(holder, KeyHolder)
     assert (holder.verification, holder.request_hash) == (first, b"digest-1")
     assert await store.get(second.id) is None  # nothing written
-    assert await store.remember_key("key-1", second.id, b"digest-2", 905.0) == holder
+    assert await store.resent(second.id, 905.0, "key-1", b"digest-2") == holder
     assert await store.by_idempotency_key("key-1") == holder
     assert await store.by_idempotency_key("key-2") is None
 
-    # A resend remembers a new key for an existing verification.
-    assert await store.remember_key("key-2", first.id, b"digest-3", 905.0) is None
+    # A resend remembers a new key for an existing verification, and records the send.
+    assert await store.resent(first.id, 905.0, "key-2", b"digest-3") is True
     resent = await store.by_idempotency_key("key-2")
     assert resent is not None
-    assert (resent.verification, resent.request_hash) == (first, b"digest-3")
+    assert (resent.verification, resent.request_hash) == (
+        replace(first, resends=(905.0,)),
+        b"digest-3",
+    )
+    # For a verification that ended, nothing is written: not the send, not the key.
+    await store.finish([decided(replace(first, status=Status.CANCELED, completed_at=906.0))])
+    assert await store.resent(first.id, 907.0, "key-3", b"digest-4") is False
+    assert await store.by_idempotency_key("key-3") is None
 
 
 async def test_a_key_whose_verification_was_purged_is_free_again(
@@ -503,3 +510,31 @@ async def test_open_store_picks_postgres_by_url(url: str) -> None:
 
 def _masked(phone: str) -> str:
     return f"{phone[:3]}*****{phone[-2:]}"
+
+
+async def test_a_number_s_verification_its_resends_and_its_spent_end(store: Store) -> None:
+    v = replace(verification(), owner="key-1", service="VA" + "1" * 32, code_length=4)
+    await store.insert(v)
+    assert await store.get(v.id) == v
+    assert await store.pending_for("key-1", v.phone) == v
+    assert await store.pending_for("key-2", v.phone) is None
+
+    assert await store.resent(v.id, 905.5)
+    assert await store.resent(v.id, 910.25)
+    resent = replace(v, resends=(905.5, 910.25))
+    assert await store.get(v.id) == resent
+
+    spent = replace(
+        resent,
+        status=Status.MAX_ATTEMPTS_REACHED,
+        attempts=3,
+        attempts_left=0,
+        completed_at=920.0,
+    )
+    await store.finish([decided(spent)])
+    assert not await store.resent(v.id, 930.0)  # ended: nothing more is recorded
+    assert await store.pending_for("key-1", v.phone) is None
+    # Until its deadline, the number's spent verification is what a check of it is told.
+    assert await store.spent_for("key-1", v.phone, v.expires_at - 1) == spent
+    assert await store.spent_for("key-1", v.phone, v.expires_at) is None
+    assert await store.spent_for("key-2", v.phone, v.expires_at - 1) is None

@@ -10,7 +10,7 @@ import pytest
 
 from service.models import Status
 from service.outcomes import decided, outcome_of
-from service.store import Decided, Store
+from service.store import Decided, KeyHolder, Store
 from service.store.sqlite.store import SqliteStore
 from tests.support.clock import SetClock
 from tests.support.database import database
@@ -90,3 +90,47 @@ async def test_mark_sent_stamps_the_store_s_clock(
     assert outbox(tmp_path)[0][4] == 1_234.5
     assert await store.outbox_depth() == (0, None)
     assert await store.next_due() is None
+
+
+async def test_a_number_s_verification_its_resends_and_its_spent_end(store: Store) -> None:
+    v = replace(verification(), owner="key-1", service="VA" + "1" * 32, code_length=4)
+    await store.insert(v)
+    assert await store.get(v.id) == v
+    assert await store.pending_for("key-1", v.phone) == v
+    assert await store.pending_for("key-2", v.phone) is None
+
+    assert await store.resent(v.id, 905.5)
+    assert await store.resent(v.id, 910.25)
+    resent = replace(v, resends=(905.5, 910.25))
+    assert await store.get(v.id) == resent
+
+    spent = replace(
+        resent,
+        status=Status.MAX_ATTEMPTS_REACHED,
+        attempts=3,
+        attempts_left=0,
+        completed_at=920.0,
+    )
+    await store.finish([decided(spent)])
+    assert not await store.resent(v.id, 930.0)  # ended: nothing more is recorded
+    assert await store.pending_for("key-1", v.phone) is None
+    # Until its deadline, the number's spent verification is what a check of it is told.
+    assert await store.spent_for("key-1", v.phone, v.expires_at - 1) == spent
+    assert await store.spent_for("key-1", v.phone, v.expires_at) is None
+    assert await store.spent_for("key-2", v.phone, v.expires_at - 1) is None
+
+
+async def test_a_resend_claims_its_key_only_while_pending(store: Store) -> None:
+    first, second = verification("VEfirst"), verification("VEsecond")
+    await store.insert(first, "key-1", b"digest-1")
+    await store.insert(second)
+    holder = await store.resent(second.id, 905.0, "key-1", b"digest-2")
+    assert isinstance(holder, KeyHolder) and holder.verification == first
+    assert (await store.get(second.id)) == second  # nothing recorded
+
+    assert await store.resent(first.id, 905.0, "key-2", b"digest-3") is True
+    claimed = await store.by_idempotency_key("key-2")
+    assert claimed is not None and claimed.verification.resends == (905.0,)
+    await store.finish([decided(replace(second, status=Status.CANCELED, completed_at=906.0))])
+    assert await store.resent(second.id, 907.0, "key-3", b"digest-4") is False
+    assert await store.by_idempotency_key("key-3") is None
