@@ -34,8 +34,12 @@ $(PRISM):
 	test -x $@
 
 ## The service on http://127.0.0.1:8080 with LocalStack SQS and a consumer printing every outcome.
+## `make run WEBHOOK=1`: a webhook receiver too (python -m notifier webhook, on WEBHOOK_PORT=9000),
+## which the service POSTs every outcome to, signed: both channels side by side.
+WEBHOOK ?=
+WEBHOOK_PORT ?= 9000
 run: install localstack
-	scripts/run-dev.sh
+	WEBHOOK='$(WEBHOOK)' WEBHOOK_PORT='$(WEBHOOK_PORT)' scripts/run-dev.sh
 
 ## Three replicas on one PostgreSQL, on http://127.0.0.1:8081, 8082 and 8083, with LocalStack SQS
 ## and a consumer. PostgreSQL 15 is started natively on port 5433 (Debian's postgresql-15, data in

@@ -1,11 +1,14 @@
 """Benchmark 3, push versus poll: how soon, and for how many requests, a client learns an outcome.
 
-For each way of learning it (polling `GET /verifications/{id}` every P ms, or long-polling the
-SQS queue), K verifications are started, and once the code has arrived the client submits it
-after a random pause, so decisions fall at random phases of the polling. Latency runs from the
-decision (`completed_at` in the final view or the outcome event, millisecond resolution) to the
-moment the client holds the outcome. Requests count what it took to learn the outcome: GETs for
-polling; receive and delete calls (shared by the batch they returned) for the queue.
+For each way of learning it (polling `GET /verifications/{id}` every P ms, long-polling the SQS
+queue, or a webhook receiver verifying each signed POST), K verifications are started, and once
+the code has arrived the client submits it after a random pause, so decisions fall at random
+phases of the polling. Latency runs from the decision (`completed_at` in the final view or the
+outcome event, millisecond resolution) to the moment the client holds the outcome (for the
+webhook: verified). Requests count what it took to learn the outcome: GETs for polling; receive
+and delete calls (shared by the batch they returned) for the queue; POSTs for the webhook. Every
+channel runs throughout (SQS and the webhook push every outcome whichever way is measured), so
+each way is measured under the same load.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bench import client, stats
 from bench.outcomes import OutcomeListener
 from bench.phones import phone_numbers
 from bench.stack import RESULTS, ROOT, LocalStack, log, stack
+from bench.webhooks import WebhookListener
 
 NAME = "push_vs_poll"
 TTL_SECONDS = 600.0
@@ -63,11 +67,14 @@ class Way:
 
 async def measure(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
     o = options
-    ways = [f"poll every {p} ms" for p in o.intervals] + ["queue (SQS long poll)"]
+    queue, webhook = "queue (SQS long poll)", "webhook (signed POST, verified)"
+    ways = [f"poll every {p} ms" for p in o.intervals] + [queue, webhook]
     phones = phone_numbers(o.k * len(ways))
     results = []
-    async with stack(NAME, sqs_server) as s:
-        service, _ = await s.start_service(TTL_SECONDS)
+    async with stack(NAME, sqs_server) as s, WebhookListener() as hooks:
+        service = s.new_service(TTL_SECONDS)
+        service.env |= hooks.env
+        await service.start(120.0)
         async with (
             client.session(o.concurrency * 2) as http,
             OutcomeListener(s.sqs, s.queue.url, o.receivers) as outcomes,
@@ -79,6 +86,7 @@ async def measure(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
                 way = Way(label)
                 mine = phones[n * o.k : (n + 1) * o.k]
                 receipts_before = outcomes.requests
+                posts_before = hooks.requests
                 await outcomes.settle(set(), 0.5, 1)
 
                 async def one(
@@ -91,7 +99,8 @@ async def measure(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
                     if interval is None:
                         await asyncio.sleep(pause)
                         await api.submit(verification_id, code)
-                        arrival = await outcomes.wait(verification_id, WAIT_SECONDS)
+                        listener = hooks if way.label == webhook else outcomes
+                        arrival = await listener.wait(verification_id, WAIT_SECONDS)
                         decided = _unix(arrival.event["completed_at"])
                         way.latencies.append(arrival.wall - decided)
                         return
@@ -103,8 +112,10 @@ async def measure(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
                     way.requests += gets
 
                 await run_all(mine, one, o.concurrency, way)
-                if interval is None:
+                if way.label == queue:
                     way.requests = outcomes.requests - receipts_before
+                elif way.label == webhook:
+                    way.requests = hooks.requests - posts_before
                 results.append(way.report())
                 log(
                     f"{label}: p50 {results[-1]['latency_ms']['p50']} ms,"
@@ -176,7 +187,7 @@ def plot(ways: list[dict[str, Any]]) -> Any:
     axes.set_xscale("log")
     axes.set_xlabel("decision → client knows the outcome (ms, log scale)")
     axes.set_ylabel("fraction of verifications")
-    axes.set_title("Learning a verification's outcome: polling the API vs the SQS queue")
+    axes.set_title("Learning a verification's outcome: polling the API vs SQS vs a webhook")
     axes.grid(True, which="both", alpha=0.3)
     # Below the axes: inside, it would hide the slowest curve's tail.
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8)

@@ -1,5 +1,8 @@
 """`python -m notifier`: print each outcome on the queue as a JSON line, acknowledging it.
 
+`python -m notifier webhook --port P --secret whsec_...` receives them by webhook instead
+(`notifier.webhooks`).
+
 The queue comes from the `[queue]` table of the service's config and its environment variables
 (the rest of that file is the service's, and not read); the options override them. With
 `queue.signing_key` set (VERIFY_QUEUE_SIGNING_KEY), messages whose signature is missing or wrong
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
+from notifier import webhooks
 from notifier.consumer import Consumer, Outcome
 from notifier.queues import QueueError, resolve_queue_url, sqs_client
 from notifier.settings import ConfigError, QueueSettings, load_queue_settings
@@ -31,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m notifier",
         description="Consume verification outcomes and print each as one JSON line. "
-        "Messages are deleted once printed.",
+        "Messages are deleted once printed. `python -m notifier webhook --help`: receive"
+        " them by webhook instead.",
     )
     parser.add_argument("--config", type=Path, help="config file (default: ./config.toml if any)")
     parser.add_argument("--queue-url", help="queue URL, instead of looking the name up")
@@ -76,6 +81,10 @@ async def consume(settings: QueueSettings, wait_seconds: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["webhook"]:
+        webhooks.main(arguments[1:])
+        return
     args = parse_args(argv)
     try:
         asyncio.run(consume(queue_settings(args), args.wait_seconds))

@@ -2,6 +2,8 @@
 # `make run`: the service for local development, with the embedded defaults (SQLite, console SMS),
 # LocalStack SQS started natively unless an endpoint is configured, and a consumer beside the
 # service printing every outcome the moment it is decided. Ctrl-C stops all of it.
+# WEBHOOK=1 (`make run WEBHOOK=1`) also starts `python -m notifier webhook` on WEBHOOK_PORT (9000)
+# and points a webhook endpoint named "dev" at it, with a secret made for the run: both channels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -25,12 +27,26 @@ if [[ -z "${VERIFY_AUTH_API_KEYS:-}" ]]; then
          "Set VERIFY_AUTH_API_KEYS to require one." >&2
 fi
 
+if [[ -n "${WEBHOOK:-}" && "${WEBHOOK}" != 0 ]]; then
+    webhook_port="${WEBHOOK_PORT:-9000}"
+    secret="${VERIFY_WEBHOOK_SECRETS:-whsec_$("$BIN/python" -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())')}"
+    # The receiver reads VERIFY_WEBHOOK_SECRETS; the service the endpoint's own variable.
+    export VERIFY_WEBHOOK_SECRETS="$secret" VERIFY_WEBHOOKS_DEV_SECRETS="$secret"
+    export VERIFY_WEBHOOKS_ENDPOINTS="[{\"name\": \"dev\", \"url\": \"http://127.0.0.1:$webhook_port/\", \"allow_private\": true}]"
+    echo "make run: webhooks to http://127.0.0.1:$webhook_port/ (python -m notifier webhook)" >&2
+fi
+
 cleanup() {
     [[ -n "${consumer:-}" ]] && kill "$consumer" 2>/dev/null || true
+    [[ -n "${receiver:-}" ]] && kill "$receiver" 2>/dev/null || true
     [[ -n "$started_localstack" ]] && scripts/localstack.sh stop || true
 }
 trap cleanup EXIT
 
 "$BIN/python" -m notifier --create &
 consumer=$!
+if [[ -n "${webhook_port:-}" ]]; then
+    "$BIN/python" -m notifier webhook --port "$webhook_port" &
+    receiver=$!
+fi
 "$BIN/python" -m service

@@ -30,6 +30,7 @@ from service.orchestrator.orchestrator import Orchestrator
 from service.orchestrator.recovery import recover
 from service.orchestrator.tenure import Tenure
 from service.push.sqs import Publisher
+from service.push.webhooks import Webhooks
 from service.readiness import Readiness, readiness_key
 from service.retention import keep_sweeping
 from service.sms.base import create_sender
@@ -62,7 +63,7 @@ def create_app(settings: Settings) -> web.Application:
     # One context per resource, unwound in reverse: the sweeps stop, the orchestrator stops, the
     # publisher sends what it decided meanwhile, then the SMS sender and the store close. Where
     # replicas share the store, its lease is renewed to the last, then this one's work handed over.
-    for context in (_store, _sender, _outcomes, _orchestrator, _retention):
+    for context in (_store, _sender, _outcomes, _webhooks, _orchestrator, _retention):
         app.cleanup_ctx.append(context)
     app.on_shutdown.append(_stop_domain)
     setup_routes(app)
@@ -84,7 +85,8 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     # Unique among replicas on one database, and the same across restarts of this one.
     replica = f"{socket.gethostname()}:{settings.server.port}"
-    store = await open_store(settings.database, clock=time.time, replica=replica)
+    webhooks = {e.name: e.url for e in settings.webhooks.endpoints}
+    store = await open_store(settings.database, clock=time.time, replica=replica, webhooks=webhooks)
     app[store_key] = store
     app[readiness_key].add("store", lambda: store.healthy)
     if store.lease is not None:
@@ -108,11 +110,12 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
     """The orchestrator; what was pending is recovered beside the first requests."""
     settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
     codes = CodeBook(load_secret(settings.database), settings.verification.code_length)
-    if await store.agree("code_book", codes.fingerprint()) != codes.fingerprint():
+    # By the secret only (once "code_book", the length too): each verification keeps its length.
+    if await store.agree("code_secret", codes.fingerprint()) != codes.fingerprint():
         raise ConfigError(
-            "Another replica on this database makes its codes with a different secret or"
-            " length: give every replica the same database.secret (or secret_file) and"
-            " verification.code_length, else the codes one sends another refuses."
+            "Another replica on this database makes its codes with a different secret: give"
+            " every replica the same database.secret (or secret_file), else the codes one"
+            " sends another refuses."
         )
     limits = Limits(settings.limits, clock=time.time, observer=metrics, tally=store.tally)
     services = settings.verify_v2.all_services() if settings.verify_v2.enabled else ()
@@ -220,4 +223,23 @@ async def _outcomes(app: web.Application) -> AsyncIterator[None]:
     # The orchestrator stops first (its context unwinds first): what it decided meanwhile goes
     # out at this one's exit if SQS takes it in time, else at the next start.
     async with publisher.running(min(FLUSH_SECONDS, settings.server.shutdown_grace_seconds)):
+        yield
+
+
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    """POST every outcome to each webhook endpoint, beside SQS and independent of it."""
+    settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
+    if not settings.webhooks.endpoints:
+        yield
+        return
+    webhooks = Webhooks(store, settings.webhooks, metrics)
+    metrics.watch_webhooks([e.name for e in settings.webhooks.endpoints])
+    publisher_wake = store.on_outcome
+
+    def wake() -> None:
+        publisher_wake()
+        webhooks.wake()
+
+    store.on_outcome = wake
+    async with webhooks.running():
         yield

@@ -22,6 +22,7 @@ from notifier.settings import NO_SECRET as NO_SECRET
 from notifier.settings import QUEUE_ALIASES, QueueSettings, read_config, section
 from notifier.settings import Secret as Secret
 from service.errors import ConfigError
+from service.push.endpoints import WebhookSettings, webhook_settings
 
 
 def _require(ok: bool, key: str, rule: str, value: object) -> None:
@@ -264,6 +265,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     verify_v2: VerifyV2Settings = field(default_factory=VerifyV2Settings)
 
 
@@ -284,11 +286,14 @@ def settings_from(tables: Mapping[str, Any], env: Mapping[str, str]) -> Settings
     unknown = set(tables) - {f.name for f in dataclasses.fields(Settings)}
     if unknown:
         raise ConfigError(f"Config has unknown section(s): {', '.join(sorted(unknown))}.")
-    sections = {}
+    sections: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
         table = tables.get(f.name, {})
         if not isinstance(table, Mapping):
             raise ConfigError(f"Config '[{f.name}]' must be a table.")
+        if f.name == "webhooks":  # a list of endpoints besides its keys: read by its own module
+            sections[f.name] = webhook_settings(table, env)
+            continue
         cls = get_type_hints(Settings)[f.name]
         sections[f.name] = section(cls, f.name, table, env, ALIASES.get(f.name))
     return Settings(**sections)

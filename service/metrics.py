@@ -113,6 +113,44 @@ class Metrics:
             ["route", "method", "status"],
             registry=r,
         )
+        self._webhook_delivered = Counter(
+            "webhook_delivered",
+            "Outcomes a webhook endpoint answered 2xx to, by endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self._webhook_failed = Counter(
+            "webhook_failed_attempts",
+            "Failed webhook attempts, by endpoint and reason (status_4xx, status_5xx, redirect,"
+            " timeout, unreachable, refused_address, gone, error); each is tried again.",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self._webhook_dropped = Counter(
+            "webhook_dropped",
+            "Outcomes given up for an endpoint: past their horizon, or the endpoint disabled.",
+            ["endpoint"],
+            registry=r,
+        )
+        self._webhook_undelivered = Gauge(
+            "webhook_undelivered",
+            "Outcomes not yet delivered, by endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self._webhook_age = Gauge(
+            "webhook_oldest_undelivered_age_seconds",
+            "Age of the oldest outcome not yet delivered, by endpoint; 0 when there is none.",
+            ["endpoint"],
+            registry=r,
+        )
+        self._webhook_disabled = Gauge(
+            "webhook_endpoint_disabled",
+            "1 once an endpoint answered 410 Gone: nothing is sent to it until its url changes.",
+            ["endpoint"],
+            registry=r,
+        )
+        self._webhook_endpoints: tuple[str, ...] = ()
         self._by_surface = Counter(
             "http_requests_by_surface",
             "HTTP requests answered, by API surface (v1, twilio_verify_v2, durable_functions,"
@@ -162,6 +200,24 @@ class Metrics:
     def outcomes_dropped(self, count: int) -> None:
         self._dropped_outcomes.inc(count)
 
+    # -- the webhooks' hooks -----------------------------------------------------------------------
+
+    def watch_webhooks(self, endpoints: list[str]) -> None:
+        """Read these endpoints' gauges from the store at each scrape; their series from 0."""
+        self._webhook_endpoints = tuple(endpoints)
+        for name in endpoints:
+            self._webhook_delivered.labels(name)
+            self._webhook_dropped.labels(name)
+
+    def webhook_delivered(self, endpoint: str) -> None:
+        self._webhook_delivered.labels(endpoint).inc()
+
+    def webhook_failed(self, endpoint: str, reason: str) -> None:
+        self._webhook_failed.labels(endpoint, reason).inc()
+
+    def webhook_dropped(self, endpoint: str, count: int) -> None:
+        self._webhook_dropped.labels(endpoint).inc(count)
+
     # -- HTTP -------------------------------------------------------------------------------------
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -174,6 +230,12 @@ class Metrics:
         depth, oldest = await store.outbox_depth()
         self._outbox_depth.set(depth)
         self._outbox_age.set(max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+        for name in self._webhook_endpoints:
+            backlog = await store.webhook_backlog(name)
+            age = max(0.0, time.time() - backlog.oldest) if backlog.oldest is not None else 0.0
+            self._webhook_undelivered.labels(name).set(backlog.undelivered)
+            self._webhook_age.labels(name).set(age)
+            self._webhook_disabled.labels(name).set(float(backlog.disabled))
 
     def _country(self, phone: str) -> str:
         # A calling code is decided by at most three digits, so one parse per prefix is enough:

@@ -66,12 +66,23 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def code(raw: Any, length: int) -> str:
+#: The lengths a code may have; each verification's is one of them (`verification.code_length`
+#: when it started, or its Service's).
+CODE_LENGTHS = range(4, 11)
+
+
+def code(raw: Any, length: int | None = None) -> str:
+    """Digits, `length` of them; None: any of `CODE_LENGTHS`, the verification's checked after."""
     if not isinstance(raw, str):
         raise BadRequest("'code' must be a string.", code="invalid_type")
-    if len(raw) != length or not raw.isascii() or not raw.isdigit():
-        raise Unprocessable(f"'code' must be {length} digits.", code="invalid_code")
+    lengths = CODE_LENGTHS if length is None else (length,)
+    if len(raw) not in lengths or not raw.isascii() or not raw.isdigit():
+        raise code_refused(length or f"{lengths[0]} to {lengths[-1]}")
     return raw
+
+
+def code_refused(length: int | str) -> Unprocessable:
+    return Unprocessable(f"'code' must be {length} digits.", code="invalid_code")
 
 
 def idempotency_key(raw: str | None) -> str | None:

@@ -97,7 +97,11 @@ async def make_client(
     async def make(settings: Settings | None = None, **sections: dict[str, Any]) -> Any:
         app = create_app(settings or make_settings(**sections))
         client = TestClient(TestServer(app))
-        await client.start_server()
+        try:
+            await client.start_server()
+        except BaseException:
+            await client.close()  # a start-up refused: what it opened is closed all the same
+            raise
         clients.append(client)
         return client
 

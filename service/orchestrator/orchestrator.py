@@ -71,6 +71,7 @@ from service.orchestrator.decisions import (
 from service.outcomes import decided
 from service.sms.challenge import Challenges
 from service.store import KeyHolder, Store
+from service.validation import code_refused
 
 log = logging.getLogger(__name__)
 
@@ -286,11 +287,18 @@ class Orchestrator:
         raise _busy()
 
     async def submit_code(
-        self, verification_id: str, code: str, *, owner: str = "-"
+        self, verification_id: str, code: str, *, owner: str = "-", exact_length: bool = False
     ) -> Verification:
-        """Hand a code to the verification's task and wait until it has been decided."""
+        """Hand a code to the verification's task and wait until it has been decided.
+
+        `exact_length`: a code not of the verification's length is refused, changing nothing;
+        else it is a wrong code, as Twilio counts it.
+        """
         target = await self._run_of(verification_id, owner)
         v = target.verification if isinstance(target, Run) else target
+        length = v.code_length or self._codes.length
+        if exact_length and len(code) != length:
+            raise code_refused(length)
         # Checked on arrival, like an update's validator: the salt is the verification's for life.
         matches = self._codes.matches(v.salt, code, v.code_length)
         return await self._decide(target, Code(matches, received_at=self._clock()))

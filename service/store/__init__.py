@@ -8,6 +8,7 @@ and a branch here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from service.errors import ConfigError
@@ -41,11 +42,17 @@ URL_FORMS = f"{SQLITE_FORMS}, or {POSTGRES_FORM}"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
-async def open_store(settings: DatabaseSettings, clock: Clock, replica: str = "") -> Store:
+async def open_store(
+    settings: DatabaseSettings,
+    clock: Clock,
+    replica: str = "",
+    webhooks: Mapping[str, str] | None = None,
+) -> Store:
     """Open the store `settings` name; raise ConfigError, naming the key, if it cannot be.
 
     `replica` names this process among those sharing a PostgreSQL database (its lease's name),
-    unless `database.replica_name` does.
+    unless `database.replica_name` does. `webhooks`: the endpoints configured (name -> URL),
+    each of which gets every outcome from now on.
     """
     url = database_url(settings)
     if is_postgres(url):
@@ -57,11 +64,14 @@ async def open_store(settings: DatabaseSettings, clock: Clock, replica: str = ""
             replica=settings.replica_name or replica,
             lease_seconds=settings.lease_seconds,
             lock_timeout_ms=settings.busy_timeout_ms,
+            webhooks=webhooks,
         )
     path = sqlite_path(url)
     from service.store.sqlite.store import SqliteStore
 
-    return await SqliteStore.open(path, clock=clock, busy_timeout_ms=settings.busy_timeout_ms)
+    return await SqliteStore.open(
+        path, clock=clock, busy_timeout_ms=settings.busy_timeout_ms, webhooks=webhooks
+    )
 
 
 def database_url(settings: DatabaseSettings) -> str:

@@ -158,7 +158,62 @@ class Lease(Protocol):
         ...
 
 
-class Store(Outbox, Protocol):
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """An outcome waiting for one webhook endpoint; `body` is the outcome event, as on SQS."""
+
+    seq: int
+    verification_id: str
+    body: str
+    #: When the outcome was committed: the payload's timestamp, and the horizon's start.
+    created_at: float
+    #: Failed attempts so far; the back-off grows with it.
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookBacklog:
+    """One endpoint's state, for /metrics: read at each scrape, on an index, never a scan."""
+
+    undelivered: int
+    #: The creation time of the oldest undelivered outcome; None when there is none.
+    oldest: float | None
+    disabled: bool
+
+
+class WebhookOutbox(Protocol):
+    """One delivery per outcome and webhook endpoint, written by `Store.finish` beside the
+    SQS outbox record, in the same transaction; each endpoint's deliverer drains its own.
+    """
+
+    async def webhooks_due(self, endpoint: str, limit: int, now: float) -> list[WebhookDelivery]:
+        """At most `limit` of the endpoint's undelivered outcomes due by `now`, oldest first."""
+        ...
+
+    async def webhook_delivered(self, seq: int) -> None: ...
+
+    async def webhook_failed(self, seq: int, until: float, error: str) -> None:
+        """One failed attempt more, its error, and no new attempt before `until`."""
+        ...
+
+    async def webhook_dropped(self, seq: int, error: str) -> None:
+        """Give an outcome up for this endpoint (its horizon passed): never tried again."""
+        ...
+
+    async def webhook_next_due(self, endpoint: str) -> float | None:
+        """When the endpoint's earliest undelivered outcome is due; None when none is left."""
+        ...
+
+    async def disable_webhook(self, endpoint: str, reason: str) -> int:
+        """Disable the endpoint (it answered 410 Gone): its undelivered outcomes are dropped,
+        and none is written for it any more, until its URL changes. The outcomes dropped.
+        """
+        ...
+
+    async def webhook_backlog(self, endpoint: str) -> WebhookBacklog: ...
+
+
+class Store(Outbox, WebhookOutbox, Protocol):
     """Durable state: verifications, their transitions, idempotency keys, and the outbox."""
 
     #: Called after outcomes are committed to the outbox (the publisher's wake-up).
@@ -214,8 +269,8 @@ class Store(Outbox, Protocol):
         ...
 
     async def spent_for(self, owner: str, phone: str, now: float) -> Verification | None:
-        """The latest verification of `owner` and `phone` that ran out of attempts and whose
-        deadline is still to come at `now`: Twilio's clients are told of it until then.
+        """The latest finished verification of `owner` and `phone`, if it ran out of attempts
+        and its deadline is still to come at `now`: Twilio's clients are told of it until then.
         """
         ...
 

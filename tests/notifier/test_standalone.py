@@ -9,8 +9,9 @@ from pathlib import Path
 
 NOTIFIER = Path(__file__).resolve().parents[2] / "notifier"
 #: Besides the standard library: the SQS client, and aiohttp under it (aiobotocore's transport,
-#: whose errors can reach us unwrapped while a response body is read).
-ALLOWED = {"notifier", "aioboto3", "botocore", "aiohttp"}
+#: whose errors can reach us unwrapped while a response body is read); the webhook receiver's
+#: server and signatures.
+ALLOWED = {"notifier", "aioboto3", "botocore", "aiohttp", "standardwebhooks"}
 #: The service and what it needs that the notifier does not.
 BLOCKED = [
     "service",
@@ -28,6 +29,7 @@ sys.path.insert(0, {str(NOTIFIER.parent)!r})  # this checkout's, whatever is ins
 for name in {BLOCKED!r}:
     sys.modules[name] = None  # importing it now raises ImportError
 import notifier.consumer, notifier.events, notifier.queues, notifier.settings, notifier.__main__
+import notifier.webhooks
 sys.argv = ["notifier", "--help"]
 runpy.run_module("notifier", run_name="__main__")
 """

@@ -107,10 +107,13 @@ async def update_verification(request: web.Request) -> web.Response:
         )
     v = await _pending(request, service, request.match_info["Sid"])
     orchestrator, owner = request.config_dict[orchestrator_key], request[owner_key]
-    if status == "canceled":
-        done = await orchestrator.cancel(v.id, owner=owner)
-    else:
-        done = await orchestrator.approve(v.id, owner=owner)
+    try:
+        if status == "canceled":
+            done = await orchestrator.cancel(v.id, owner=owner)
+        else:
+            done = await orchestrator.approve(v.id, owner=owner)
+    except NotPending:  # it ended meanwhile, out of attempts too: gone, as for a fetch
+        raise _not_found(request.match_info["Sid"]) from None
     return _json(render.verification(done, _context(request, service)))
 
 
@@ -141,16 +144,21 @@ async def check_verification(request: web.Request) -> web.Response:
 async def _pending(
     request: web.Request, service: VerifyServiceSettings, sid_or_number: str
 ) -> Verification:
-    """The pending verification named: a finished one is as good as gone on this surface."""
+    """The pending verification named: a finished one is as good as gone on this surface, one
+    out of attempts too (only a check is told 429 60202 of it).
+    """
     if sid_or_number.startswith("+"):
         try:
             phone = validation.phone_number(sid_or_number)
         except (BadRequest, Unprocessable):
             raise _not_found(sid_or_number) from None
-        return await _by_number(request, service, phone)
+        try:
+            return await _by_number(request, service, phone)
+        except NotPending:
+            raise _not_found(sid_or_number) from None
     v = await _in_service(request, service, sid_or_number)
     if not v.pending:
-        raise NotPending(v)
+        raise _not_found(sid_or_number)
     return v
 
 

@@ -301,6 +301,8 @@ def _schemas(settings: VerificationSettings) -> dict[str, Schema]:
                     "minLength": settings.code_length,
                     "maxLength": settings.code_length,
                     "examples": ["0" * settings.code_length],
+                    "description": "The code sent: `verification.code_length` digits (one"
+                    " started before that setting changed keeps its own length).",
                 }
             },
         },

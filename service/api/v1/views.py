@@ -40,11 +40,12 @@ async def start(request: web.Request) -> web.Response:
 
 
 async def submit_code(request: web.Request) -> web.Response:
-    settings = request.config_dict[settings_key].verification
     body = await _json_object(request, allowed={"code"})
-    code = validation.code(_required(body, "code"), settings.code_length)
+    code = validation.code(_required(body, "code"))
     orchestrator = request.config_dict[orchestrator_key]
-    v = await orchestrator.submit_code(request.match_info["id"], code, owner=request[api_key_id])
+    v = await orchestrator.submit_code(
+        request.match_info["id"], code, owner=request[api_key_id], exact_length=True
+    )
     return _view(v)
 
 

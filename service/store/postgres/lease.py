@@ -85,6 +85,13 @@ ADOPT_OUTCOMES = f"""
           LIMIT $4 FOR UPDATE SKIP LOCKED) AS taken
     WHERE v.seq = taken.seq AND {ORPHANED} AND {valid("$1", "$2")}
 """
+ADOPT_WEBHOOKS = f"""
+    UPDATE webhook_deliveries AS v SET holder = $1
+    FROM (SELECT seq FROM webhook_deliveries
+          WHERE finished_at IS NULL AND (holder IS NULL OR holder = ANY($3::text[]))
+          LIMIT $4 FOR UPDATE SKIP LOCKED) AS taken
+    WHERE v.seq = taken.seq AND {ORPHANED} AND {valid("$1", "$2")}
+"""
 # A lapsed replica's row goes once nothing is left to adopt from it, and long after it lapsed:
 # a write of its own still in flight (waiting for a lock, `lock_timeout` at most; a transaction
 # left open is ended by the server at `idle_in_transaction_session_timeout`) may yet commit a row
@@ -96,6 +103,8 @@ FORGET = f"""
         WHERE lease_until <= {NOW} - {FORGET_AFTER_SECONDS} AND name <> $1
           AND NOT EXISTS (SELECT 1 FROM verifications WHERE holder = r.name AND status = 'pending')
           AND NOT EXISTS (SELECT 1 FROM outbox WHERE holder = r.name AND sent_at IS NULL)
+          AND NOT EXISTS (
+              SELECT 1 FROM webhook_deliveries WHERE holder = r.name AND finished_at IS NULL)
         RETURNING name
     )
     DELETE FROM decided_elsewhere WHERE holder IN (SELECT name FROM forgotten)
@@ -204,9 +213,12 @@ class PostgresLease:
             async with db.transaction():
                 rows = await db.fetch(ADOPT_VERIFICATIONS, self.name, self.epoch, lapsed, limit)
                 status = await db.execute(ADOPT_OUTCOMES, self.name, self.epoch, lapsed, limit)
+                hooks = await db.execute(ADOPT_WEBHOOKS, self.name, self.epoch, lapsed, limit)
             if lapsed and not rows:
                 await db.execute(FORGET, self.name)
-            return [as_verification(r) for r in rows], int(status.rpartition(" ")[2])
+            # Deliveries count as outcomes here: either wakes the channels.
+            adopted = int(status.rpartition(" ")[2]) + int(hooks.rpartition(" ")[2])
+            return [as_verification(r) for r in rows], adopted
 
         adopted, outcomes = await self._write(work)
         if outcomes:

@@ -160,16 +160,47 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # What a Twilio Verify Service sets for each verification it starts, kept with it: a change
-    # of the configuration applies to new ones, never to a code already sent. `resends`: when
+    # of its code length applies to new ones, never to a code already sent. `resends`: when
     # the code was sent again (Twilio lists each send).
     """
     ALTER TABLE verifications
         ADD COLUMN service text NOT NULL DEFAULT '',
         ADD COLUMN code_length integer NOT NULL DEFAULT 0,
         ADD COLUMN resends double precision[] NOT NULL DEFAULT '{}';
-    -- Out of attempts, a number is still answered so (60202) until its deadline: found by it.
-    CREATE INDEX verifications_spent ON verifications (owner, phone, created_at)
-        WHERE status = 'max_attempts_reached';
+    -- A number's latest finished verification: out of attempts, a check of the number is told
+    -- so (60202) until its deadline, unless a newer one of the number has ended since.
+    CREATE INDEX verifications_finished_number ON verifications (owner, phone, created_at)
+        WHERE status <> 'pending';
+    """,
+    # Webhooks: SQLite's tables (`sqlite.schema`), each delivery held by one replica, as the
+    # outbox's records are: the one that decided it, or its adopter.
+    """
+    CREATE TABLE webhook_endpoints (
+        name text PRIMARY KEY,
+        url text NOT NULL,
+        disabled_at double precision,
+        disabled_reason text
+    );
+    CREATE TABLE webhook_deliveries (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        verification_id text NOT NULL,
+        endpoint text NOT NULL,
+        body text NOT NULL,
+        created_at double precision NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        next_attempt_at double precision NOT NULL DEFAULT 0,
+        last_error text,
+        result text,
+        finished_at double precision,
+        holder text,
+        UNIQUE (verification_id, endpoint)
+    );
+    CREATE INDEX webhook_deliveries_held ON webhook_deliveries
+        (holder, endpoint, next_attempt_at, seq) WHERE finished_at IS NULL;
+    CREATE INDEX webhook_deliveries_oldest ON webhook_deliveries (endpoint, seq)
+        WHERE finished_at IS NULL;
+    CREATE INDEX webhook_deliveries_finished ON webhook_deliveries (finished_at)
+        WHERE finished_at IS NOT NULL;
     """,
     # Recovery reads a replica's pending verifications page by page, soonest deadline first.
     """

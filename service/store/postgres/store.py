@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
@@ -33,6 +33,12 @@ from service.store.postgres.rows import (
 from service.store.postgres.schema import migrate
 from service.store.postgres.tally import SWEEP as SWEEP_LIMITS
 from service.store.postgres.tally import PostgresTally
+from service.store.postgres.webhooks import (
+    PostgresWebhooks,
+    purge_deliveries,
+    redact_deliveries,
+    register_endpoints,
+)
 
 T = TypeVar("T")
 Work = Callable[[asyncpg.Connection], Awaitable[T]]
@@ -57,9 +63,10 @@ RECORD_RESEND = """
     WHERE id = $2 AND status = 'pending'
 """
 SELECT_SPENT_FOR = f"""
-    SELECT {COLUMNS} FROM verifications WHERE owner = $1 AND phone = $2
-        AND status = 'max_attempts_reached' AND expires_at > $3
-    ORDER BY created_at DESC LIMIT 1
+    SELECT * FROM (
+        SELECT {COLUMNS} FROM verifications WHERE owner = $1 AND phone = $2 AND status <> 'pending'
+        ORDER BY created_at DESC LIMIT 1
+    ) AS latest WHERE status = 'max_attempts_reached' AND expires_at > $3
 """
 
 # One statement: the conditional UPDATE of each verification still pending, and the outcome of
@@ -91,6 +98,13 @@ FINISH = f"""
         FROM applied ORDER BY n
         ON CONFLICT (verification_id) DO NOTHING
         RETURNING holder
+    ), hooks AS (
+        INSERT INTO webhook_deliveries (verification_id, endpoint, body, created_at, holder)
+        SELECT a.id, e.name, a.body, $12, CASE WHEN (SELECT ok FROM held) THEN $1 END
+        FROM applied AS a
+        JOIN webhook_endpoints AS e ON e.name = ANY($13::text[]) AND e.disabled_at IS NULL
+        ORDER BY a.n
+        ON CONFLICT (verification_id, endpoint) DO NOTHING
     ), told AS (
         INSERT INTO decided_elsewhere (holder, verification_id)
         SELECT holder, id FROM applied WHERE holder <> $1
@@ -163,7 +177,7 @@ PURGE_IDEMPOTENCY_KEYS = f"""
 """
 
 
-class PostgresStore:
+class PostgresStore(PostgresWebhooks):
     """The `Store` on a PostgreSQL database, through a pool of asyncpg connections.
 
     Open with `await PostgresStore.open(url, clock=..., replica=...)`; close with
@@ -183,6 +197,9 @@ class PostgresStore:
         self.on_outcome: Callable[[], None] = lambda: None
         self.lease = PostgresLease(url, name, lease_seconds, self._write, self._adopted_outcomes)
         self.tally = PostgresTally(self._write)
+        #: The webhook endpoints configured here: each outcome this replica decides gets a
+        #: delivery for each of them that no replica found gone (410).
+        self._webhooks: list[str] = []
 
     @classmethod
     async def open(
@@ -196,6 +213,7 @@ class PostgresStore:
         command_timeout: float = 30.0,
         min_size: int = 2,
         max_size: int = 10,
+        webhooks: Mapping[str, str] | None = None,
     ) -> PostgresStore:
         """Connect, migrate the schema (once, whatever other replicas start meanwhile), join.
 
@@ -230,6 +248,8 @@ class PostgresStore:
         try:
             async with pool.acquire() as db:
                 await migrate(db)
+                await register_endpoints(db, webhooks or {})
+            store._webhooks = list(webhooks or {})
             await store.lease.join()
         except BaseException as exc:
             await store.lease.close()
@@ -422,7 +442,7 @@ class PostgresStore:
         now = self._clock()
 
         async def write(db: asyncpg.Connection) -> set[str]:
-            rows = await db.fetch(FINISH, *self._fence, *columns, now)
+            rows = await db.fetch(FINISH, *self._fence, *columns, now, self._webhooks)
             applied = {row[0] for row in rows}
             if applied:
                 # Here, not after the shield: counted even if the caller has given up.
@@ -534,6 +554,7 @@ class PostgresStore:
             async with db.transaction():
                 masked = await db.fetch(REDACT_PHONES, redact_before)
                 await _redact_outcomes(db, {row[0]: row[1] for row in masked})
+                await redact_deliveries(db, {row[0]: row[1] for row in masked})
                 dropped = len(await db.fetch(DROP_UNDELIVERED, finished_before))
                 touched = len(masked) + dropped
                 for sql, before in (
@@ -542,6 +563,13 @@ class PostgresStore:
                     (PURGE_IDEMPOTENCY_KEYS, finished_before),
                 ):
                     touched += _count(await db.execute(sql, before))
+                touched += await purge_deliveries(
+                    db,
+                    sent_before=sent_before,
+                    finished_before=finished_before,
+                    now=self._clock(),
+                    chunk=PURGE_CHUNK,
+                )
                 # The limits' slots that left their windows: an hour's margin for clock steps.
                 touched += _count(await db.execute(SWEEP_LIMITS, self._clock() - 3600, PURGE_CHUNK))
             return Purged(touched, dropped)

@@ -98,14 +98,46 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """,
     """
     -- What a Twilio Verify Service sets for each verification it starts, kept with it: a
-    -- change of the configuration applies to new ones, never to a code already sent.
+    -- change of its code length applies to new ones, never to a code already sent.
     ALTER TABLE verifications ADD COLUMN service TEXT NOT NULL DEFAULT '';
     ALTER TABLE verifications ADD COLUMN code_length INTEGER NOT NULL DEFAULT 0;
     -- When the code was sent again, as comma-separated Unix seconds (Twilio lists each send).
     ALTER TABLE verifications ADD COLUMN resends TEXT NOT NULL DEFAULT '';
-    -- Out of attempts, a number is still answered so (60202) until its deadline: found by it.
-    CREATE INDEX verifications_spent ON verifications (owner, phone, created_at)
-        WHERE status = 'max_attempts_reached';
+    -- A number's latest finished verification: out of attempts, a check of the number is told
+    -- so (60202) until its deadline, unless a newer one of the number has ended since.
+    CREATE INDEX verifications_finished_number ON verifications (owner, phone, created_at)
+        WHERE status != 'pending';
+    """,
+    """
+    -- Webhooks: the endpoints configured, and whether one was disabled (it answered 410 Gone).
+    CREATE TABLE webhook_endpoints (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        disabled_at REAL,
+        disabled_reason TEXT
+    );
+    -- One delivery per outcome and endpoint, written with the final state, like the outbox;
+    -- no foreign key: the body is all a delivery needs, whatever retention does meanwhile.
+    CREATE TABLE webhook_deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        verification_id TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        -- NULL while it waits; then 'delivered', 'dropped' (its horizon passed) or 'disabled'.
+        result TEXT,
+        finished_at REAL,
+        UNIQUE (verification_id, endpoint)
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint, next_attempt_at, seq)
+        WHERE finished_at IS NULL;
+    CREATE INDEX webhook_deliveries_oldest ON webhook_deliveries (endpoint, seq)
+        WHERE finished_at IS NULL;
+    CREATE INDEX webhook_deliveries_finished ON webhook_deliveries (finished_at)
+        WHERE finished_at IS NOT NULL;
     """,
     """
     -- Recovery arms pending verifications page by page, soonest deadline first, while requests

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -20,6 +20,13 @@ from service.models import Clock, Status, Verification
 from service.store.base import Decided, KeyHolder, Lease, OutboxRecord, Purged, Tally
 from service.store.sqlite.files import DatabaseLock, make_private
 from service.store.sqlite.schema import open_writer
+from service.store.sqlite.webhooks import (
+    SqliteWebhooks,
+    insert_deliveries,
+    purge_deliveries,
+    redact_deliveries,
+    register_endpoints,
+)
 from service.store.sqlite.writer import GroupCommit, Write, WriterThread
 
 T = TypeVar("T")
@@ -84,7 +91,7 @@ REDACT_OUTCOMES = """
 MAX_ERROR_LENGTH = 500
 
 
-class SqliteStore:
+class SqliteStore(SqliteWebhooks):
     """The `Store` on one SQLite file, for one process.
 
     Open with `await SqliteStore.open(path, clock=...)`; close with `await store.close()`.
@@ -107,10 +114,18 @@ class SqliteStore:
         #: Unsent outcomes, so /metrics needs no count over them: counted once at open, before
         #: any write, then changed by each write that changes it.
         self._unsent = 0
+        #: The webhook endpoints enabled, by name: each outcome gets a delivery for each.
+        self._webhooks: list[str] = []
 
     @classmethod
     async def open(
-        cls, path: str, *, clock: Clock, synchronous: str = "FULL", busy_timeout_ms: int = 5000
+        cls,
+        path: str,
+        *,
+        clock: Clock,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 5000,
+        webhooks: Mapping[str, str] | None = None,
     ) -> SqliteStore:
         # Before SQLite opens the file: a second instance touches nothing, and SQLite makes the
         # -wal and -shm files with the mode of a database file that is already private.
@@ -122,6 +137,11 @@ class SqliteStore:
             lock.release()
             raise
         store._lock = lock
+        try:
+            store._webhooks = await store._write(lambda db: register_endpoints(db, webhooks or {}))
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     @classmethod
@@ -224,11 +244,11 @@ class SqliteStore:
     async def spent_for(self, owner: str, phone: str, now: float) -> Verification | None:
         rows = await self._read(
             f"SELECT {COLUMNS} FROM verifications WHERE owner = ? AND phone = ?"
-            " AND status = 'max_attempts_reached' AND expires_at > ?"
-            " ORDER BY created_at DESC LIMIT 1",
-            (owner, phone, now),
+            " AND status != 'pending' ORDER BY created_at DESC LIMIT 1",
+            (owner, phone),
         )
-        return _verification(rows[0]) if rows else None
+        latest = _verification(rows[0]) if rows else None
+        return latest if latest is not None and _spent(latest, now) else None
 
     async def sms_sent(self, v: Verification) -> bool:
         """Checkpoint the SMS; False if the verification is no longer pending."""
@@ -292,6 +312,7 @@ class SqliteStore:
         and only they get an outcome: a verification is decided once, whatever retries happen.
         """
         now = self._clock()
+        webhooks = tuple(self._webhooks)
 
         def write(db: sqlite3.Connection) -> set[str]:
             applied = set()
@@ -310,6 +331,7 @@ class SqliteStore:
                     " VALUES (?,?,?,?) ON CONFLICT (verification_id) DO NOTHING",
                     (v.id, v.status.value, d.outcome, now),
                 )
+                insert_deliveries(db, webhooks, v.id, d.outcome, now)
             return applied
 
         applied = await self._write(write)
@@ -374,9 +396,12 @@ class SqliteStore:
         verifications without an outcome left, and old idempotency keys.
         """
 
+        now = self._clock()
+
         def write(db: sqlite3.Connection) -> Purged:
             masked = db.execute(REDACT_PHONES, (redact_before,)).fetchall()
             db.executemany(REDACT_OUTCOMES, [(phone, vid) for vid, phone in masked])
+            redact_deliveries(db, masked)
             dropped = db.execute(DROP_UNDELIVERED, (finished_before,)).rowcount
             touched = len(masked) + dropped
             for sql, params in (
@@ -385,6 +410,13 @@ class SqliteStore:
                 (PURGE_IDEMPOTENCY_KEYS, (finished_before,)),
             ):
                 touched += max(db.execute(sql, params).rowcount, 0)
+            touched += purge_deliveries(
+                db,
+                sent_before=sent_before,
+                finished_before=finished_before,
+                now=now,
+                chunk=PURGE_CHUNK,
+            )
             return Purged(touched, dropped)
 
         purged = await self._write(write)
@@ -480,6 +512,10 @@ def _verification(row: Any) -> Verification:
     return Verification(  # type: ignore[call-arg]
         *row[:3], Status(row[3]), *row[4:16], text_times(row[16])
     )
+
+
+def _spent(v: Verification, now: float) -> bool:
+    return v.status is Status.MAX_ATTEMPTS_REACHED and v.expires_at > now
 
 
 def times_text(times: tuple[float, ...]) -> str:

@@ -89,7 +89,9 @@ async def test_codes_racing_their_deadlines_on_every_replica_end_each_once(
             assert r.answered_at >= row["expires_at"] - CLOCK, "expired before its deadline"
     assert len(cluster.received) == COUNT, "an outcome was published twice"
     assert min(late) >= 0, "an expiry decided before its deadline"
-    assert max(late) <= 0.5, f"an expiry decided {max(late):.2f} s after its deadline"
+    # Soon after: a bound on a missed timer (which would wait for ever), not a speed figure; a
+    # loaded 2-core machine has taken half a second to get to one.
+    assert max(late) <= 1.5, f"an expiry decided {max(late):.2f} s after its deadline"
     print(
         f"expiries decided {min(late):.3f} to {max(late):.3f} s after their deadlines,"
         f" on the queue {min(published):.3f} to {max(published):.3f} s after"
