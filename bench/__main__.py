@@ -3,6 +3,7 @@ the first three.
 
     python -m bench                                   all three at their default sizes
     python -m bench throughput --n 2000 --concurrency 64 [--profile]
+    python -m bench throughput --peer dbos --n 1000   ours and the DBOS peer, alternating
     python -m bench waiting --m 100000                (--m 1000000: the stretch goal)
     python -m bench push-vs-poll --k 300 --intervals 1000 200
     python -m bench replicas --n 1000 --replicas 1 2 3 --kills 10   (needs PostgreSQL's server)
@@ -27,7 +28,7 @@ from typing import Any
 
 import uvloop
 
-from bench import machine, push_vs_poll, replicas, report, throughput, waiting
+from bench import comparison, machine, push_vs_poll, replicas, report, throughput, waiting
 from bench.stack import LocalStack, localstack, log
 
 Measure = Callable[[Any, LocalStack], Awaitable[dict[str, Any]]]
@@ -37,9 +38,10 @@ BENCHMARKS: dict[str, tuple[Measure, report.Renderer]] = {
     waiting.NAME: (waiting.measure, waiting.render),
     push_vs_poll.NAME: (push_vs_poll.measure, push_vs_poll.render),
     replicas.NAME: (replicas.measure, replicas.render),
+    comparison.NAME: (comparison.measure, comparison.render),
 }
-#: Run only when named, not by `all`: they need PostgreSQL's server.
-ON_REQUEST = {replicas.NAME}
+#: Run only when named, not by `all`: PostgreSQL's server, or a peer implementation.
+ON_REQUEST = {replicas.NAME, comparison.NAME}
 #: Every result BENCHMARKS.md shows, by the name it is kept under.
 RENDERERS: dict[str, report.Renderer] = {n: r for n, (_, r) in BENCHMARKS.items()} | {
     waiting.STRETCH: waiting.render
@@ -83,6 +85,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="concurrent SQS long polls",
     )
     t.add_argument("--profile", action="store_true", help="add a run with py-spy attached")
+    t.add_argument(
+        "--peer",
+        choices=["dbos"],
+        help="instead: ours and this peer (bench/peers/), alternating, each run as above",
+    )
+    t.add_argument(
+        "--rounds", type=int, default=comparison.Options.rounds, help="with --peer: runs of each"
+    )
+    t.add_argument(
+        "--pending",
+        type=int,
+        default=comparison.Options.pending,
+        help="with --peer: verifications left pending for RSS per pending (0: skip)",
+    )
 
     w = commands.add_parser("waiting", help=waiting.__doc__.splitlines()[0])
     w.add_argument("--m", type=int, default=waiting.Options.m, help="pending verifications")
@@ -171,6 +187,7 @@ def options_of(name: str, args: argparse.Namespace | None) -> Any:
         waiting.NAME: waiting.Options,
         push_vs_poll.NAME: push_vs_poll.Options,
         replicas.NAME: replicas.Options,
+        comparison.NAME: comparison.Options,
     }[name]
     if args is None:
         return cls()
@@ -225,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         names, options = [n for n in BENCHMARKS if n not in ON_REQUEST], None
     else:
         names, options = [args.command.replace("-", "_")], args
+        if getattr(args, "peer", None):
+            names = [comparison.NAME]
     # Starting pending verifications is the one step that grows a lot with a flag: 700/s here.
     limit = args.time_limit or TIME_LIMIT_SECONDS + getattr(args, "m", 0) / 200
     try:

@@ -29,8 +29,8 @@ log = logging.getLogger("bench.peers.dbos")
 
 #: How often DBOS's listener thread looks, for each waiting recv and get_event, whether its
 #: message or event arrived: on SQLite there is no LISTEN/NOTIFY, and nothing wakes a waiter
-#: in-process. DBOS's default is 1 s; see README.md for why 0.05.
-POLL_SECONDS = float(os.environ.get("DBOS_PEER_POLL_SECONDS", "0.05"))
+#: in-process. DBOS's default is 1 s; see README.md for why 0.1.
+POLL_SECONDS = float(os.environ.get("DBOS_PEER_POLL_SECONDS", "0.1"))
 #: The threads DBOS runs its database calls on (asyncio.to_thread goes there too). Unbounded by
 #: default; SQLite takes one writer at a time, so more threads only queue on its lock.
 EXECUTOR_THREADS = int(os.environ.get("DBOS_PEER_EXECUTOR_THREADS", "8"))
@@ -47,6 +47,9 @@ def dbos_config(settings: Settings) -> DBOSConfig:
         "system_database_url": f"sqlite:///{system}",
         "max_executor_threads": EXECUTOR_THREADS,
         "sys_db_pool_size": POOL_SIZE,
+        # DBOS pings each connection as it leaves the pool (a `SELECT 1`), which finds a server
+        # that dropped it; a SQLite file has no server to drop it.
+        "db_engine_kwargs": {"pool_pre_ping": False},
         "notification_listener_polling_interval_sec": POLL_SECONDS,
         "log_level": "WARNING",
         # Pinned, not computed from the source: the same code restarted recovers its workflows.
