@@ -3,6 +3,7 @@ runs all but replicas.
 
     python -m bench                                   all but replicas, at their default sizes
     python -m bench throughput --n 2000 --concurrency 64 [--profile]
+    python -m bench throughput --peer dbos --n 1000   ours and the DBOS peer, alternating
     python -m bench waiting --m 100000                (--m 1000000: the stretch goal)
     python -m bench push-vs-poll --k 300 --intervals 1000 200
     python -m bench scale --m 100000 --rate 150       (--m 1000000: the million, seeded)
@@ -28,7 +29,16 @@ from typing import Any
 
 import uvloop
 
-from bench import machine, push_vs_poll, replicas, report, scale, throughput, waiting
+from bench import (
+    comparison,
+    machine,
+    push_vs_poll,
+    replicas,
+    report,
+    scale,
+    throughput,
+    waiting,
+)
 from bench.stack import LocalStack, localstack, log
 
 Measure = Callable[[Any, LocalStack], Awaitable[dict[str, Any]]]
@@ -39,6 +49,7 @@ BENCHMARKS: dict[str, tuple[Measure, report.Renderer]] = {
     push_vs_poll.NAME: (push_vs_poll.measure, push_vs_poll.render),
     replicas.NAME: (replicas.measure, replicas.render),
     scale.NAME: (scale.measure, scale.render),
+    comparison.NAME: (comparison.measure, comparison.render),
 }
 #: Run only when named, not by `all`: they need PostgreSQL's server.
 ON_REQUEST = {replicas.NAME}
@@ -86,6 +97,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="concurrent SQS long polls",
     )
     t.add_argument("--profile", action="store_true", help="add a run with py-spy attached")
+    t.add_argument(
+        "--peer",
+        choices=["dbos"],
+        help="instead: ours and this peer (bench/peers/), alternating, each run as above",
+    )
+    t.add_argument(
+        "--rounds", type=int, default=comparison.Options.rounds, help="with --peer: runs of each"
+    )
+    t.add_argument(
+        "--pending",
+        type=int,
+        default=comparison.Options.pending,
+        help="with --peer: verifications left pending for RSS per pending (0: skip)",
+    )
 
     w = commands.add_parser("waiting", help=waiting.__doc__.splitlines()[0])
     w.add_argument("--m", type=int, default=waiting.Options.m, help="pending verifications")
@@ -181,6 +206,7 @@ def options_of(name: str, args: argparse.Namespace | None) -> Any:
         push_vs_poll.NAME: push_vs_poll.Options,
         replicas.NAME: replicas.Options,
         scale.NAME: scale.Options,
+        comparison.NAME: comparison.Options,
     }[name]
     if args is None:
         return cls()
@@ -236,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         names, options = [n for n in BENCHMARKS if n not in ON_REQUEST], None
     else:
         names, options = [args.command.replace("-", "_")], args
+        if getattr(args, "peer", None):
+            names = [comparison.NAME]
     # Starting pending verifications is the one step that grows a lot with a flag: 700/s here.
     limit = args.time_limit or TIME_LIMIT_SECONDS + getattr(args, "m", 0) / 200
     try:

@@ -191,13 +191,26 @@ class Twilio(Process):
         await self.wait_http(f"{self.url}/_bench/count", timeout=30)
 
 
-class Service(Process):
-    """`python -m service` configured through VERIFY_* variables, as in production."""
+#: What runs as the service: ours, or a peer written on another library (bench/peers/).
+COMMANDS = {
+    "ours": ["-m", "service", "--config", str(ROOT / "config.toml")],
+    "dbos": ["-m", "bench.peers.dbos"],
+}
 
-    def __init__(self, name: str, log_path: Path, env: dict[str, str]) -> None:
+
+class Service(Process):
+    """`python -m service` configured through VERIFY_* variables, as in production.
+
+    `implementation` names another command of `COMMANDS`, given the same environment.
+    """
+
+    def __init__(
+        self, name: str, log_path: Path, env: dict[str, str], implementation: str = "ours"
+    ) -> None:
         super().__init__(name, log_path)
         self.port = free_port()
         self.env = {**env, "VERIFY_SERVER_PORT": str(self.port)}
+        self.implementation = implementation
         self._log_offset = 0
 
     @property
@@ -207,9 +220,7 @@ class Service(Process):
     async def start(self, timeout: float = 120.0) -> float:  # noqa: ASYNC109
         """Start and wait for /healthz; returns the seconds from spawn until it answered."""
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        await self.spawn(
-            [sys.executable, "-m", "service", "--config", str(ROOT / "config.toml")], self.env
-        )
+        await self.spawn([sys.executable, *COMMANDS[self.implementation]], self.env)
         return await self.wait_http(f"{self.url}/healthz", timeout)
 
     async def wait_log(self, prefix: str, timeout: float) -> tuple[float, dict[str, Any]]:  # noqa: ASYNC109
@@ -300,20 +311,30 @@ class Stack:
         self,
         ttl_seconds: float,
         timeout: float = 120.0,  # noqa: ASYNC109
+        implementation: str = "ours",
+        database: Path | None = None,
     ) -> tuple[Service, float]:
-        """A new service process on the same database; returns it and its seconds to /healthz."""
-        service = self.new_service(ttl_seconds)
+        """A new service process on the same database (or `database`); returns it and its
+        seconds to /healthz."""
+        service = self.new_service(ttl_seconds, implementation, database)
         seconds = await service.start(timeout)
         log(f"{service.name} (pid {service.pid}) answers on {service.url} after {seconds:.2f} s")
         return service, seconds
 
-    def new_service(self, ttl_seconds: float) -> Service:
+    def new_service(
+        self, ttl_seconds: float, implementation: str = "ours", database: Path | None = None
+    ) -> Service:
         """A service process not started yet, for whoever must watch it from its first moment."""
         number = len(self.services) + 1
+        env = self.service_env(ttl_seconds)
+        if database is not None:
+            env["VERIFY_DATABASE_PATH"] = str(database)
+        kind = "service" if implementation == "ours" else f"{implementation} peer"
         service = Service(
-            f"service #{number}",
+            f"{kind} #{number}",
             self.logs / f"{self.name}-service-{number}.log",
-            self.service_env(ttl_seconds),
+            env,
+            implementation,
         )
         self.services.append(service)
         return service
