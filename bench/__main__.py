@@ -193,6 +193,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     c.add_argument("--expiring", type=int, default=scale.Options.expiring)
     c.add_argument("--rate", type=float, default=scale.Options.rate, help="paced whole ones/s")
     c.add_argument("--seconds", type=float, default=scale.Options.seconds)
+    c.add_argument("--profile", action="store_true", help="py-spy during the paced load")
 
     commands.add_parser("report", help="rewrite BENCHMARKS.md's tables from bench/results/")
     return parser.parse_args(argv)

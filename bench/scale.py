@@ -27,10 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench import client, stats
+from bench import client, profiler, stats
 from bench.outcomes import OutcomeListener
 from bench.phones import phone_numbers
-from bench.stack import API_KEY, LocalStack, Service, log, stack
+from bench.stack import API_KEY, RESULTS, LocalStack, Service, log, stack
 from service.api.credentials import ApiKeys
 from service.codes import CodeBook
 from service.store.sqlite.schema import open_writer
@@ -58,6 +58,8 @@ class Options:
     #: Whole verifications a second while the M wait: about half the saturated rate here.
     rate: float = 150.0
     seconds: float = 30.0
+    #: Attach py-spy to the service during the paced load (its latencies then suffer).
+    profile: bool = False
 
 
 @dataclass
@@ -100,9 +102,21 @@ async def measure(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
             rss = service.usage().rss_bytes
             log(f"paced load: {o.rate:g}/s for {o.seconds:g} s among {o.m:,} pending")
             cpu_before = service.usage().cpu_seconds
-            paced = await _paced(service, http, s.twilio.url, phones[o.m + o.expiring + 1 :], o)
+            load = _paced(service, http, s.twilio.url, phones[o.m + o.expiring + 1 :], o)
+            profile = None
+            if o.profile:
+                raw = RESULTS / "scale-profile.txt"
+                async with profiler.Profiler(service.pid, {"raw": raw}):
+                    paced = await load
+                profile = {
+                    "about": f"the service during the paced load among {o.m:,} pending",
+                    **profiler.summarise(raw),
+                }
+            else:
+                paced = await load
             cpu = service.usage().cpu_seconds - cpu_before
             stop_seconds = await _stop(service)
+            expiry |= _outbox_lateness(db_path, seeded, deadlines)
     results = {
         "parameters": dataclasses.asdict(o),
         "restart": {**restart, "recovered_log_seconds": round(recovered_seconds, 2)},
@@ -123,6 +137,7 @@ async def measure(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
             "service_cpu_ms_per_verification": round(1000 * cpu / max(1, paced.completed), 3),
         },
         "sigterm_seconds": round(stop_seconds, 2),
+        "profile": profile,
     }
     results["targets"] = targets(results)
     return results
@@ -261,6 +276,24 @@ async def _expiry(
     }
 
 
+def _outbox_lateness(path: Path, seeded: Seeded, deadlines: list[float]) -> dict[str, Any]:
+    """By the service's own records: when each expiry was committed, and its outcome sent."""
+    deadline = {seeded.ids[i]: deadlines[k] for k, i in enumerate(seeded.expiring)}
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            f"SELECT verification_id, created_at, sent_at FROM outbox"
+            f" WHERE verification_id IN ({', '.join('?' * len(deadline))})",
+            list(deadline),
+        ).fetchall()
+    db.close()
+    decided = [created - deadline[i] for i, created, _ in rows]
+    sent = [at - deadline[i] for i, _, at in rows if at is not None]
+    return {
+        "decided_after_deadline_ms": stats.summary_ms(decided),
+        "sent_after_deadline_ms": stats.summary_ms(sent),
+    }
+
+
 def _seconds(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
@@ -309,7 +342,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     pending = r["parameters"]["m"]
     answered = [v for k, v in restart.items() if k != "recovered_log_seconds"]
     first = max((v for v in answered if v is not None), default=None)
-    late = expiry["outcome_after_deadline_ms"]["max"]
+    late = expiry["sent_after_deadline_ms"]["max"]
     per = r["memory"]["rss_bytes_per_pending"]
     rows = [
         {
@@ -335,10 +368,11 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             "met": restart["recovered_log_seconds"] <= 10,
         },
         {
-            "target": "deadlines during recovery: expired at the deadline, outcome ≤ 1 s late,"
-            " a later code refused",
+            "target": "deadlines during recovery: expired at the deadline, outcome sent ≤ 1 s"
+            " after it, a later code refused",
             "measured": f"{expiry['expired_at_their_deadline']}/{expiry['cohort']} expired;"
-            f" outcome max {late} ms late; code refused: {expiry['code_after_deadline_refused']}",
+            f" decided ≤ {expiry['decided_after_deadline_ms']['max']} ms, sent ≤ {late} ms"
+            f" after the deadline; code refused: {expiry['code_after_deadline_refused']}",
             "met": expiry["expired_at_their_deadline"] == expiry["cohort"]
             and late is not None
             and late <= 1000
@@ -371,13 +405,14 @@ def render(result: dict[str, Any]) -> str:
     p = r["parameters"]
     rows = [
         ["pending verifications (seeded)", f"{p['m']:,}"],
-        *[[f"restart: {k} answered, s from spawn", v] for k, v in restart.items()],
+        *[[f"restart: {k.replace('_', ' ')}, s from spawn", v] for k, v in restart.items()],
         ["recovery log", f"`{r['recovery_log']}`"],
         [
             "cohort expiring during recovery",
             f"{expiry['expired_at_their_deadline']}/{expiry['cohort']} expired at their deadline;"
-            f" outcome after the deadline p50 {expiry['outcome_after_deadline_ms']['p50']} ms,"
-            f" max {expiry['outcome_after_deadline_ms']['max']} ms; a code after it refused:"
+            f" after it, decided p50 / max {_pm(expiry['decided_after_deadline_ms'])}, sent to"
+            f" SQS {_pm(expiry['sent_after_deadline_ms'])}, received by the driver"
+            f" {_pm(expiry['outcome_after_deadline_ms'])}; a code after it refused:"
             f" {expiry['code_after_deadline_refused']}",
         ],
         [
@@ -402,6 +437,10 @@ def render(result: dict[str, Any]) -> str:
             [[t["target"], t["measured"], stats.verdict(t["met"])] for t in r["targets"]],
         )
     )
+
+
+def _pm(summary: dict[str, Any]) -> str:
+    return f"{summary['p50']} / {summary['max']} ms"
 
 
 def _ms(summary: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+from service.collector import FREEZE_FROM
 from service.models import Clock, Verification
 from service.orchestrator.orchestrator import Orchestrator
 from service.store import Store
@@ -39,8 +40,11 @@ class Recovered:
         )
 
 
-#: Pending verifications read and armed at a time: one page is a few milliseconds of the loop.
+#: Pending verifications read at a time, and armed between two turns of the loop: each turn
+#: is a few milliseconds, so whatever else runs (a deadline's outcome on its way to SQS, a
+#: request) waits no longer than that for its next step.
 PAGE = 5_000
+ARM_CHUNK = 100
 
 
 async def recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: float) -> Recovered:
@@ -49,7 +53,7 @@ async def recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: f
     total = Recovered()
     orchestrator.recovering = True
     try:
-        with _collector_paused():
+        with _collector_paused(orchestrator):
             after: tuple[float, str] | None = None
             while not orchestrator.stopping and (page := await store.pending(after, PAGE)):
                 after = (page[-1].expires_at, page[-1].id)
@@ -73,20 +77,23 @@ async def resume_all(
     store: Store, orchestrator: Orchestrator, pending: list[Verification], clock: Clock, ttl: float
 ) -> Recovered:
     """Resume `pending`, held here: what was adopted from a lapsed replica."""
-    with _collector_paused():
+    with _collector_paused(orchestrator):
         return await _resume_all(store, orchestrator, pending, clock, ttl)
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def _collector_paused(orchestrator: Orchestrator) -> Iterator[None]:
     # Arming 100,000 verifications makes a million long-lived objects; the cyclic collector
     # would walk them again and again while they are made, two thirds of a restart's time.
-    # Once armed, `service.collector` keeps them out of its sight.
+    # They are frozen before it is enabled again, or its first collection would walk them all
+    # at once (a second's pause at a million); `service.collector` keeps it so.
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if orchestrator.pending_count >= FREEZE_FROM:
+            gc.freeze()
         if enabled:
             gc.enable()
 
@@ -105,7 +112,7 @@ async def _resume_all(
             " their deadlines are now at most the TTL away",
             len(live.shortened),
         )
-    resumed = _resume(orchestrator, live.all)
+    resumed = await _resume(orchestrator, live.all)
     resent = sum(1 for v in live.all if v.sms_sent_at is None)
     return Recovered(resumed=resumed, expired=len(overdue), resent=resent)
 
@@ -125,9 +132,11 @@ def _capped(live: list[Verification], latest: float) -> _Live:
     return _Live([by_id.get(v.id, v) for v in live], shortened)
 
 
-def _resume(orchestrator: Orchestrator, verifications: list[Verification]) -> int:
+async def _resume(orchestrator: Orchestrator, verifications: list[Verification]) -> int:
     resumed = 0
-    for v in verifications:
+    for n, v in enumerate(verifications, 1):
+        if n % ARM_CHUNK == 0:
+            await asyncio.sleep(0)
         try:
             orchestrator.resume(v)
         except Exception:
