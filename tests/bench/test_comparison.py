@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+# The peer is the bench extra's (`make install`); the other Pythons' venvs have only dev.
+pytest.importorskip("dbos", reason="dbos comes with the bench extra")
+
 from bench import comparison
 from bench.peers.dbos.workflow import Started, view
 from service.api.v1 import render
