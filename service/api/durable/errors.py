@@ -9,11 +9,10 @@ service does not (suspend, purge, ...) is a `Refusal` with the status the platfo
 from __future__ import annotations
 
 import json
-import logging
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
+from service.api.refusals import allow_header, refusal_headers, refusals
 from service.errors import (
     BadRequest,
     Conflict,
@@ -27,8 +26,6 @@ from service.errors import (
     UnsupportedMediaType,
     VerificationError,
 )
-
-log = logging.getLogger(__name__)
 
 #: This surface's statuses for the domain's errors; a subclass takes its nearest ancestor's.
 #: The platform has no 409 for a finished instance, nor a 422 or a 415: it says 410 and 400.
@@ -46,13 +43,12 @@ STATUSES: dict[type[VerificationError], int] = {
 }
 
 
-class Refusal(Exception):
+class Refusal(VerificationError):
     """What the platform does and this surface does not, answered with the platform's status."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-        self.message = message
 
 
 def status_of(error: VerificationError) -> int:
@@ -67,31 +63,22 @@ def message(text: str, status: int, headers: dict[str, str] | None = None) -> we
 
 
 def error_response(error: VerificationError) -> web.Response:
-    headers = {}
-    if isinstance(error, Unauthorized):
-        headers["WWW-Authenticate"] = 'Bearer realm="durabletask"'
-    if isinstance(error, RateLimited | Unavailable):
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    if isinstance(error, Refusal):
+        return message(error.message, error.status)
+    headers = refusal_headers(error, 'Bearer realm="durabletask"')
     return message(error.message, status_of(error), headers)
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error as `{"Message": ...}`, an unexpected one logged and 500, as the platform's."""
-    try:
-        return await handler(request)
-    except VerificationError as error:
-        return error_response(error)
-    except Refusal as refusal:
-        return message(refusal.message, refusal.status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        allow = exc.headers.get("Allow")
-        return message(exc.reason, exc.status, {"Allow": allow} if allow else None)
-    except Exception:
-        log.exception("unhandled error", extra={"path": request.path})
-        return message("Something went wrong while processing your request", 500)
+def _http(request: web.Request, exc: web.HTTPException) -> web.Response:
+    return message(exc.reason, exc.status, allow_header(exc) or None)
+
+
+def _internal() -> web.Response:
+    return message("Something went wrong while processing your request", 500)
+
+
+#: Every error as `{"Message": ...}`, an unexpected one logged and 500, as the platform's.
+errors = refusals(error_response, _http, _internal)
 
 
 def _dumps(value: object) -> str:

@@ -9,12 +9,11 @@ Twilio tells refusals of one kind apart (a rate limit on the number is 60203, on
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
+from service.api.refusals import allow_header, refusal_headers, refusals
 from service.errors import (
     BadRequest,
     Conflict,
@@ -29,8 +28,6 @@ from service.errors import (
     VerificationError,
 )
 from service.models import Status
-
-log = logging.getLogger(__name__)
 
 #: (HTTP status, Twilio code) for the domain's and this surface's stable codes.
 BY_CODE: dict[str, tuple[int, int]] = {
@@ -93,36 +90,27 @@ def error_response(error: VerificationError) -> web.Response:
             message = f"The requested resource /Verifications/{error.verification.id} was not found"
         else:
             message = "Max check attempts reached"
-    response = _json(body(status, code, message), status)
-    if isinstance(error, Unauthorized):
-        response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
-    if isinstance(error, RateLimited | Unavailable):
-        response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    return response
+    headers = refusal_headers(error, 'Basic realm="Twilio API"')
+    return _json(body(status, code, message), status, headers)
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error in Twilio's body, an unexpected one logged and 500."""
-    try:
-        return await handler(request)
-    except VerificationError as error:
-        return error_response(error)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = HTTP_CODES.get(exc.status, 20001)
-        message = exc.reason
-        if exc.status == 404:
-            message = f"The requested resource {request.path} was not found"
-        response = _json(body(exc.status, code, message), exc.status)
-        if allow := exc.headers.get("Allow"):
-            response.headers["Allow"] = allow
-        return response
-    except Exception:
-        log.exception("unhandled error", extra={"path": request.path})
-        return _json(body(500, 20500, "Internal error."), 500)
+def _http(request: web.Request, exc: web.HTTPException) -> web.Response:
+    code = HTTP_CODES.get(exc.status, 20001)
+    message = exc.reason
+    if exc.status == 404:
+        message = f"The requested resource {request.path} was not found"
+    return _json(body(exc.status, code, message), exc.status, allow_header(exc))
 
 
-def _json(value: dict[str, Any], status: int) -> web.Response:
-    return web.json_response(value, status=status, dumps=lambda v: json.dumps(v))
+def _internal() -> web.Response:
+    return _json(body(500, 20500, "Internal error."), 500)
+
+
+#: Every error in Twilio's body, an unexpected one logged and 500.
+errors = refusals(error_response, _http, _internal)
+
+
+def _json(
+    value: dict[str, Any], status: int, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(value, status=status, headers=headers, dumps=lambda v: json.dumps(v))

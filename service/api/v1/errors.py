@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
+from service.api.refusals import allow_header, refusal_headers, refusals
 from service.api.v1.render import error_body
 from service.errors import (
     BadRequest,
@@ -22,8 +21,6 @@ from service.errors import (
     UnsupportedMediaType,
     VerificationError,
 )
-
-log = logging.getLogger(__name__)
 
 #: aiohttp's own refusals, under the contract's stable codes.
 HTTP_CODES = {
@@ -55,36 +52,25 @@ def status_of(error: VerificationError) -> int:
 
 
 def error_response(error: VerificationError) -> web.Response:
-    response = web.json_response(error_body(error), status=status_of(error), dumps=_dumps)
-    if isinstance(error, Unauthorized):
-        response.headers["WWW-Authenticate"] = 'Bearer realm="verifications"'
-    if isinstance(error, RateLimited | Unavailable):
-        response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    return response
+    headers = refusal_headers(error, 'Bearer realm="verifications"')
+    return web.json_response(
+        error_body(error), status=status_of(error), headers=headers, dumps=_dumps
+    )
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error as `{"error": {"code", "message"}}`, an unexpected one logged and 500."""
-    try:
-        return await handler(request)
-    except VerificationError as error:
-        return error_response(error)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = HTTP_CODES.get(exc.status, "http_error")
-        body = {"error": {"code": code, "message": exc.reason}}
-        return web.json_response(body, status=exc.status, headers=_allow(exc), dumps=_dumps)
-    except Exception:
-        log.exception("unhandled error", extra={"path": request.path})
-        body = {"error": {"code": "internal_error", "message": "Internal error."}}
-        return web.json_response(body, status=500, dumps=_dumps)
+def _http(request: web.Request, exc: web.HTTPException) -> web.Response:
+    code = HTTP_CODES.get(exc.status, "http_error")
+    body = {"error": {"code": code, "message": exc.reason}}
+    return web.json_response(body, status=exc.status, headers=allow_header(exc), dumps=_dumps)
 
 
-def _allow(exc: web.HTTPException) -> dict[str, str]:
-    allow = exc.headers.get("Allow")
-    return {"Allow": allow} if allow else {}
+def _internal() -> web.Response:
+    body = {"error": {"code": "internal_error", "message": "Internal error."}}
+    return web.json_response(body, status=500, dumps=_dumps)
+
+
+#: Every error as `{"error": {"code", "message"}}`, an unexpected one logged and 500.
+errors = refusals(error_response, _http, _internal)
 
 
 def _dumps(value: object) -> str:

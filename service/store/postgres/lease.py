@@ -27,7 +27,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from service.models import Verification
 from service.store.postgres.failures import TRANSIENT, unavailable
-from service.store.postgres.rows import as_verification, prefixed
+from service.store.postgres.rows import as_verification, count, prefixed
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class PostgresLease:
         """Extend the lease; False if it had lapsed or the name was taken: then it is lost."""
         sent = _boot_clock()
         status = await self._own(lambda db: db.execute(RENEW, self.name, self.epoch, self.seconds))
-        if status.rpartition(" ")[2] != "1":
+        if count(status) != 1:
             self._renewed_at = -math.inf
             return False
         self._renewed_at = sent
@@ -217,7 +217,7 @@ class PostgresLease:
             if lapsed and not rows:
                 await db.execute(FORGET, self.name)
             # Deliveries count as outcomes here: either wakes the channels.
-            adopted = int(status.rpartition(" ")[2]) + int(hooks.rpartition(" ")[2])
+            adopted = count(status) + count(hooks)
             return [as_verification(r) for r in rows], adopted
 
         adopted, outcomes = await self._write(work)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -28,7 +27,9 @@ from service.store.postgres.rows import (
     SELECT_VERIFICATION,
     as_row,
     as_verification,
+    count,
     prefixed,
+    redact_bodies,
 )
 from service.store.postgres.schema import migrate
 from service.store.postgres.tally import SWEEP as SWEEP_LIMITS
@@ -36,7 +37,6 @@ from service.store.postgres.tally import PostgresTally
 from service.store.postgres.webhooks import (
     PostgresWebhooks,
     purge_deliveries,
-    redact_deliveries,
     register_endpoints,
 )
 
@@ -291,7 +291,7 @@ class PostgresStore(PostgresWebhooks):
             while True:
                 if key is None:  # one statement: no transaction to open and commit around it
                     status = await db.execute(INSERT_VERIFICATION, *self._fence, *as_row(v))
-                    if _count(status) == 1:
+                    if count(status) == 1:
                         return None
                 else:
                     try:
@@ -300,7 +300,7 @@ class PostgresStore(PostgresWebhooks):
                             if holder is not None:
                                 return holder
                             status = await db.execute(INSERT_VERIFICATION, *self._fence, *as_row(v))
-                            if _count(status) == 1:
+                            if count(status) == 1:
                                 return None
                             raise _NotInserted()  # the key's claim is rolled back
                     except _NotInserted:
@@ -379,13 +379,13 @@ class PostgresStore(PostgresWebhooks):
 
         async def write(db: asyncpg.Connection) -> KeyHolder | bool:
             if key is None:  # one statement: no transaction to open and commit around it
-                return _count(await db.execute(RECORD_RESEND, at, verification_id)) == 1
+                return count(await db.execute(RECORD_RESEND, at, verification_id)) == 1
             try:
                 async with db.transaction():
                     holder = await _claim_key(db, key, verification_id, digest, at)
                     if holder is not None:
                         return holder
-                    if _count(await db.execute(RECORD_RESEND, at, verification_id)) == 1:
+                    if count(await db.execute(RECORD_RESEND, at, verification_id)) == 1:
                         return True
                     raise _NotInserted()  # the key's claim is rolled back
             except _NotInserted:
@@ -553,8 +553,9 @@ class PostgresStore(PostgresWebhooks):
         async def write(db: asyncpg.Connection) -> Purged:
             async with db.transaction():
                 masked = await db.fetch(REDACT_PHONES, redact_before)
-                await _redact_outcomes(db, {row[0]: row[1] for row in masked})
-                await redact_deliveries(db, {row[0]: row[1] for row in masked})
+                phones = {row[0]: row[1] for row in masked}
+                await redact_bodies(db, "outbox", phones)
+                await redact_bodies(db, "webhook_deliveries", phones)
                 dropped = len(await db.fetch(DROP_UNDELIVERED, finished_before))
                 touched = len(masked) + dropped
                 for sql, before in (
@@ -562,7 +563,7 @@ class PostgresStore(PostgresWebhooks):
                     (PURGE_FINISHED, finished_before),
                     (PURGE_IDEMPOTENCY_KEYS, finished_before),
                 ):
-                    touched += _count(await db.execute(sql, before))
+                    touched += count(await db.execute(sql, before))
                 touched += await purge_deliveries(
                     db,
                     sent_before=sent_before,
@@ -571,7 +572,7 @@ class PostgresStore(PostgresWebhooks):
                     chunk=PURGE_CHUNK,
                 )
                 # The limits' slots that left their windows: an hour's margin for clock steps.
-                touched += _count(await db.execute(SWEEP_LIMITS, self._clock() - 3600, PURGE_CHUNK))
+                touched += count(await db.execute(SWEEP_LIMITS, self._clock() - 3600, PURGE_CHUNK))
             return Purged(touched, dropped)
 
         return await self._write(write)
@@ -600,7 +601,7 @@ class PostgresStore(PostgresWebhooks):
 
     async def _update(self, sql: str, *args: Any) -> bool:
         async def write(db: asyncpg.Connection) -> bool:
-            return _count(await db.execute(sql, *args)) == 1
+            return count(await db.execute(sql, *args)) == 1
 
         return await self._write(write)
 
@@ -666,7 +667,7 @@ async def _claim_key(
             digest,
             at,
         )
-        if _count(status) == 1:
+        if count(status) == 1:
             return None
         held = await db.fetchrow(
             "SELECT verification_id, request_hash FROM idempotency_keys WHERE key = $1 FOR UPDATE",
@@ -686,36 +687,6 @@ async def _claim_key(
             )
             return None
         return KeyHolder(as_verification(row), bytes(held[1]))
-
-
-async def _redact_outcomes(db: asyncpg.Connection, phones: dict[str, str]) -> None:
-    """Mask `to` in the outbox bodies of these verifications, as their rows now are.
-
-    In Python, not with jsonb_set: a body that is not JSON (hand-edited) is left as it is
-    instead of failing the sweep, and the body keeps its key order and compact form.
-    """
-    if not phones:
-        return
-    rows = await db.fetch(
-        "SELECT seq, verification_id, body FROM outbox WHERE verification_id = ANY($1::text[])",
-        list(phones),
-    )
-    rewritten = []
-    for seq, verification_id, body in rows:
-        try:
-            event = json.loads(body)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            event["to"] = phones[verification_id]
-            rewritten.append((json.dumps(event, separators=(",", ":")), seq))
-    if rewritten:
-        await db.executemany("UPDATE outbox SET body = $1 WHERE seq = $2", rewritten)
-
-
-def _count(status: str) -> int:
-    """The rows a command changed, from its status ("UPDATE 1", "INSERT 0 1", "DELETE 3")."""
-    return int(status.rpartition(" ")[2])
 
 
 class _NotInserted(Exception):

@@ -8,7 +8,6 @@ replicas share the database, one outcome reaches each endpoint from one replica 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -17,6 +16,7 @@ import asyncpg  # type: ignore[import-untyped]
 from service.models import Clock
 from service.store.base import WebhookBacklog, WebhookDelivery
 from service.store.postgres.lease import PostgresLease, valid
+from service.store.postgres.rows import count
 
 T = TypeVar("T")
 Work = Callable[[asyncpg.Connection], Awaitable[T]]
@@ -69,29 +69,7 @@ async def purge_deliveries(
 ) -> int:
     given_up: str = await db.execute(GIVE_UP, now, finished_before, chunk)
     status: str = await db.execute(PURGE_FINISHED, sent_before, chunk)
-    return int(given_up.rpartition(" ")[2]) + int(status.rpartition(" ")[2])
-
-
-async def redact_deliveries(db: asyncpg.Connection, phones: Mapping[str, str]) -> None:
-    """Mask `to` in these verifications' deliveries, keeping each body's compact form."""
-    if not phones:
-        return
-    rows = await db.fetch(
-        "SELECT seq, verification_id, body FROM webhook_deliveries"
-        " WHERE verification_id = ANY($1::text[])",
-        list(phones),
-    )
-    rewritten = []
-    for seq, verification_id, body in rows:
-        try:
-            event = json.loads(body)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            event["to"] = phones[verification_id]
-            rewritten.append((json.dumps(event, separators=(",", ":")), seq))
-    if rewritten:
-        await db.executemany("UPDATE webhook_deliveries SET body = $1 WHERE seq = $2", rewritten)
+    return count(given_up) + count(status)
 
 
 class PostgresWebhooks:
