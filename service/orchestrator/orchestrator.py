@@ -274,7 +274,9 @@ class Orchestrator:
         digest: bytes,
         policy: Policy,
     ) -> Started:
-        pending = self._by_phone.get((owner, phone)) or await self._unarmed(owner, phone)
+        pending = self._by_phone.get((owner, phone))
+        if pending is None and self._recovering:
+            pending = await self._unarmed(owner, phone)
         if pending is not None:
             _same_service(pending.verification, policy)
             try:
@@ -317,7 +319,9 @@ class Orchestrator:
         """The caller's verification of this number: the pending one, else one that ran out of
         attempts before its deadline (until then, what a check of the number is told), else None.
         """
-        run = self._by_phone.get((owner, phone)) or await self._unarmed(owner, phone)
+        run = self._by_phone.get((owner, phone))
+        if run is None and self._recovering:
+            run = await self._unarmed(owner, phone)
         if self._lease is None:  # alone, every pending one is armed here, or found by _unarmed
             pending = run.verification if run is not None else None
         else:
