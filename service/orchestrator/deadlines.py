@@ -1,15 +1,21 @@
-"""Deadlines: one shared timer per tick of time, instead of one timer per waiting verification.
+"""Deadlines: one loop timer for all the waiting verifications, instead of one each.
 
-A loop timer costs 200 to 400 bytes (uvloop's more than asyncio's); with 100,000 verifications
-waiting, that would be a tenth of their memory, and arming it a good part of a restart. So the
-verifications whose deadlines fall in the same tick share one future, resolved by one loop timer at
-the end of the tick. A deadline is therefore noticed up to one tick late, never early (unless
-the wall clock is set back while it waits).
+A waiting verification is a task suspended on one future, its waiter, which the first of two
+things resolves: a command arriving in its inbox, or its deadline here. Whichever comes first
+decides; the other is withdrawn (`withdraw`), so a deadline lost to a code leaves nothing behind.
+
+A loop timer costs 200 to 400 bytes (uvloop's more than asyncio's) and arming one a few
+microseconds; `asyncio.wait` on the waiter and a timer another kilobyte and twice that time. At a
+million waiting, that was a quarter of their memory and most of a restart. So deadlines are kept
+in ticks of time: the waiters due in one tick are resolved together when it ends, and one loop
+timer waits for the soonest tick. A deadline is therefore noticed up to one tick late, never early
+by the wall clock (it is the clock the deadlines are written in).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 import time
 
@@ -18,38 +24,76 @@ from service.models import Clock
 #: Seconds; a verification is decided at most this late after its deadline.
 TICK = 0.01
 
+Waiter = asyncio.Future[None]
+
 
 class Deadlines:
-    """Futures resolved once a moment of `clock` time has passed; shared, so never cancel one."""
+    """Resolves waiters once a moment of `clock` time has passed."""
 
     def __init__(self, clock: Clock = time.time, tick: float = TICK) -> None:
         self._clock = clock
         self._tick = tick
-        self._ticks: dict[int, asyncio.Future[None]] = {}
+        #: The waiters of each tick: one alone, most of the time, else a set of them.
+        self._ticks: dict[int, Waiter | set[Waiter]] = {}
+        #: The ticks, soonest first; a tick whose waiters were all withdrawn stays until it comes.
+        self._soonest: list[int] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_tick = 0
 
     def __len__(self) -> int:
-        """Ticks with a timer armed."""
+        """Ticks with a waiter due."""
         return len(self._ticks)
 
-    def at(self, when: float) -> asyncio.Future[None]:
-        """A future resolved at the end of the tick holding `when`."""
+    def wake(self, when: float, waiter: Waiter) -> int:
+        """Resolve `waiter` at the end of the tick holding `when`; the tick, for `withdraw`."""
         tick = math.ceil(when / self._tick)
-        future = self._ticks.get(tick)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            future = self._ticks[tick] = loop.create_future()
-            delay = max(0.0, tick * self._tick - self._clock())
-            loop.call_later(delay, self._ring, tick)
-        return future
+        waiters = self._ticks.get(tick)
+        if waiters is None:
+            self._ticks[tick] = waiter
+            heapq.heappush(self._soonest, tick)
+            if self._timer is None or tick < self._timer_tick:
+                self._arm()
+        elif isinstance(waiters, set):
+            waiters.add(waiter)
+        else:
+            self._ticks[tick] = {waiters, waiter}
+        return tick
 
-    def _ring(self, tick: int) -> None:
-        # uvloop rounds timers to the millisecond, so one can come a little early: wait the rest.
-        # More than a tick early means the wall clock was set back; the monotonic timer has
-        # waited the time asked for, and that is what counts.
-        early = tick * self._tick - self._clock()
-        if 0 < early <= self._tick:
-            asyncio.get_running_loop().call_later(early, self._ring, tick)
+    def withdraw(self, tick: int, waiter: Waiter) -> None:
+        """Forget `waiter`, which something else resolved first (or its tick has rung)."""
+        waiters = self._ticks.get(tick)
+        if waiters is waiter:
+            del self._ticks[tick]
+        elif isinstance(waiters, set):
+            waiters.discard(waiter)
+            if not waiters:
+                del self._ticks[tick]
+        # Most deadlines are withdrawn (a code came first): their ticks go, in one pass, before
+        # they outnumber the live ones, or a long TTL would keep them by the million.
+        if len(self._soonest) > 2 * len(self._ticks) + 1024:
+            self._soonest = list(self._ticks)
+            heapq.heapify(self._soonest)
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._soonest and self._soonest[0] not in self._ticks:
+            heapq.heappop(self._soonest)  # every waiter of it withdrawn
+        if not self._soonest:
             return
-        future = self._ticks.pop(tick)
-        if not future.done():
-            future.set_result(None)
+        self._timer_tick = self._soonest[0]
+        delay = max(0.0, self._timer_tick * self._tick - self._clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._ring)
+
+    def _ring(self) -> None:
+        # uvloop rounds timers to the millisecond, so one can come a little early: the tick
+        # then waits the rest. A clock set back makes them wait for it too.
+        self._timer = None
+        now = self._clock()
+        while self._soonest and self._soonest[0] * self._tick <= now:
+            waiters = self._ticks.pop(heapq.heappop(self._soonest), None)
+            for waiter in waiters if isinstance(waiters, set) else (waiters,):
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+        self._arm()

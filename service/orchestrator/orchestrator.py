@@ -1,10 +1,12 @@
 """The orchestrator: one asyncio task per pending verification, racing the code against a timer.
 
-Each task waits on two things at once with asyncio.wait: its inbox (codes, cancels, resends,
-delivered like Durable Functions' external events, and the SMS activity's own reports) and the
-deadline. Whichever comes first is decided by `decisions.decide`, a pure function; the task
-carries the decision out. A losing inbox waiter is cancelled, a losing deadline (a future shared
-per tick, see `deadlines`) is left to the others waiting on it. The SMS goes out from a task of
+Each task races two things: its inbox (codes, cancels, resends, delivered like Durable
+Functions' external events, and the SMS activity's own reports) and the deadline. Both resolve
+one future, the task's waiter, and the first to do so wins: `asyncio.wait(FIRST_COMPLETED)` on an
+event and a timer, without the kilobyte and the microseconds that asyncio.wait and a loop timer
+cost each of a million waiting (see `deadlines`). What came is decided by `decisions.decide`, a
+pure function; the task carries the decision out. A losing deadline is withdrawn; a command
+arriving after the deadline won waits in the inbox, and is refused. The SMS goes out from a task of
 its own, so neither Twilio's retries nor its silence hold the verification up. Every transition
 is committed to the store before anyone is told of it, and commands are handled one at a time,
 so attempts can never be over-spent.
@@ -611,7 +613,7 @@ class Orchestrator:
 
     async def _orchestrate(self, run: Run, charged: bool) -> None:
         # One coroutine for the whole life, helpers awaited only between waits: while it waits,
-        # this frame and the futures of one asyncio.wait are all that a verification costs.
+        # this frame and its waiter are all that a verification costs.
         loop = asyncio.get_running_loop()
         failure: BaseException | None = None
         try:
@@ -620,14 +622,14 @@ class Orchestrator:
             while run.verification.pending:
                 expires_at = run.verification.expires_at
                 if not run.inbox and expires_at > self._clock():
-                    # The race: the inbox's waiter against the deadline, which is shared with the
-                    # verifications due in the same tick, so it is left, not cancelled, if it loses.
+                    # The race: a letter in the inbox and the deadline both resolve the waiter;
+                    # the first wins, and the deadline is withdrawn if it lost.
                     waiter = run.waiter = loop.create_future()
-                    deadline = self._deadlines.at(expires_at)
+                    tick = self._deadlines.wake(expires_at, waiter)
                     try:
-                        await asyncio.wait((waiter, deadline), return_when=FIRST_COMPLETED)
+                        await waiter
                     finally:
-                        waiter.cancel()
+                        self._deadlines.withdraw(tick, waiter)
                         run.waiter = None
                 letter = run.next_command()
                 if letter is None:  # the deadline won the race

@@ -52,17 +52,21 @@ async def recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: f
     started = time.perf_counter()
     total = Recovered()
     orchestrator.recovering = True
+    # The next page is read (in the reader's thread) while this one is armed.
+    reading: asyncio.Task[list[Verification]] | None = _read(store, None)
     try:
         with _collector_paused(orchestrator):
-            after: tuple[float, str] | None = None
-            while not orchestrator.stopping and (page := await store.pending(after, PAGE)):
-                after = (page[-1].expires_at, page[-1].id)
+            while reading is not None and not orchestrator.stopping:
+                page = await reading
+                reading = None
+                if len(page) == PAGE:
+                    reading = _read(store, (page[-1].expires_at, page[-1].id))
                 total += await _resume_all(store, orchestrator, page, clock, ttl)
                 await asyncio.sleep(0)  # the requests waiting get their turn
-                if len(page) < PAGE:
-                    break
     finally:
         orchestrator.recovering = False
+        if reading is not None:
+            reading.cancel()
     log.info(
         "recovered: %d resumed (%d SMS to send again), %d expired while down, in %.2f s",
         total.resumed,
@@ -71,6 +75,10 @@ async def recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: f
         time.perf_counter() - started,
     )
     return total
+
+
+def _read(store: Store, after: tuple[float, str] | None) -> asyncio.Task[list[Verification]]:
+    return asyncio.create_task(store.pending(after, PAGE))
 
 
 async def resume_all(

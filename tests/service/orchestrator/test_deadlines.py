@@ -1,4 +1,5 @@
-"""Shared deadlines: never early, on the standard loop and on uvloop (whose timers round to ms)."""
+"""Deadlines: never early, on the standard loop and on uvloop (whose timers round to ms), never
+lost, and nothing left of one withdrawn."""
 
 from __future__ import annotations
 
@@ -18,17 +19,21 @@ Runner = Callable[[Coroutine[Any, Any, None]], None]
 
 async def _never_early() -> None:
     deadlines = Deadlines(time.time)
+    loop = asyncio.get_running_loop()
     now = time.time()
     whens = [now + random.uniform(0.001, 0.3) for _ in range(1000)]
     late: list[float] = []
 
     async def wait(when: float) -> None:
-        await deadlines.at(when)
+        waiter = loop.create_future()
+        deadlines.wake(when, waiter)
+        await waiter
         late.append(time.time() - when)
 
     await asyncio.wait_for(asyncio.gather(*(wait(w) for w in whens)), 10)
     assert min(late) >= 0, f"a deadline was noticed {-min(late) * 1000:.3f} ms early"
-    assert len(deadlines) == 0, "every tick's timer is gone once it has rung"
+    assert max(late) < 0.2, f"a deadline was noticed {max(late) * 1000:.3f} ms late"
+    assert len(deadlines) == 0, "every tick is gone once it has rung"
 
 
 @pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
@@ -36,12 +41,70 @@ def test_a_deadline_is_never_noticed_early(run: Runner) -> None:
     run(_never_early())
 
 
-async def test_deadlines_in_one_tick_share_a_future() -> None:
+async def test_deadlines_in_one_tick_ring_together_and_a_later_one_after() -> None:
     deadlines = Deadlines(time.time)
+    loop = asyncio.get_running_loop()
     start = (int(time.time() / TICK) + 10) * TICK  # a tick boundary 0.1 s ahead
-    first = deadlines.at(start + TICK * 0.2)
-    assert deadlines.at(start + TICK * 0.7) is first
-    assert deadlines.at(start + TICK * 1.2) is not first
+    first, second, later = (loop.create_future() for _ in range(3))
+    deadlines.wake(start + TICK * 0.2, first)
+    deadlines.wake(start + TICK * 0.7, second)
+    deadlines.wake(start + TICK * 1.2, later)
     assert len(deadlines) == 2
     await asyncio.wait_for(first, 5)
+    assert second.done() and not later.done()
     assert time.time() >= start + TICK * 0.7
+    await asyncio.wait_for(later, 5)
+    assert time.time() >= start + TICK * 1.2
+
+
+async def test_a_withdrawn_deadline_leaves_its_tick_mates_alone_and_nothing_behind() -> None:
+    deadlines = Deadlines(time.time)
+    loop = asyncio.get_running_loop()
+    when = time.time() + 0.05
+    lost, kept, alone = (loop.create_future() for _ in range(3))
+    tick = deadlines.wake(when, lost)
+    deadlines.wake(when, kept)
+    alone_tick = deadlines.wake(when + 0.02, alone)
+    deadlines.withdraw(tick, lost)
+    deadlines.withdraw(alone_tick, alone)
+    assert len(deadlines) == 1
+    await asyncio.wait_for(kept, 5)
+    await asyncio.sleep(0.05)
+    assert not lost.done() and not alone.done()
+    assert len(deadlines) == 0
+
+
+async def test_a_sooner_deadline_than_the_armed_one_is_not_kept_waiting_for_it() -> None:
+    deadlines = Deadlines(time.time)
+    loop = asyncio.get_running_loop()
+    far, near = loop.create_future(), loop.create_future()
+    deadlines.wake(time.time() + 30, far)
+    when = time.time() + 0.03
+    deadlines.wake(when, near)
+    await asyncio.wait_for(near, 5)
+    assert time.time() >= when and not far.done()
+
+
+async def test_withdrawn_ticks_do_not_pile_up() -> None:
+    # A code usually beats its deadline: a long TTL must not keep every withdrawn tick.
+    deadlines = Deadlines(time.time)
+    loop = asyncio.get_running_loop()
+    now = time.time()
+    for n in range(100_000):
+        waiter = loop.create_future()
+        deadlines.withdraw(deadlines.wake(now + 60 + n * TICK, waiter), waiter)
+    assert len(deadlines) == 0
+    assert len(deadlines._soonest) <= 1024 + 1
+
+
+async def test_a_clock_behind_the_timer_holds_the_deadline_back() -> None:
+    # Deadlines are in wall-clock time: a timer that fires while the clock says "not yet" waits on.
+    offset = [0.0]
+    deadlines = Deadlines(lambda: time.time() - offset[0])
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    deadlines.wake(time.time() + 0.05, waiter)
+    offset[0] = 0.2  # set back by 0.2 s
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    await asyncio.wait_for(waiter, 5)
