@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "VERIFY"
 #: Conventional variable names honoured when the VERIFY_QUEUE_* one is not set.
@@ -74,6 +75,14 @@ class QueueSettings:
         if not self.retry_delays or any(d < 0 for d in self.retry_delays):
             raise ConfigError(
                 "Config 'queue.retry_delays' must be one or more waits of 0 s or more."
+            )
+        # Checked here, not when the client is made: the service makes it only once listening.
+        endpoint = urlsplit(self.endpoint_url)
+        web = endpoint.scheme in ("http", "https") and endpoint.hostname
+        if self.endpoint_url and not web:
+            raise ConfigError(
+                "Config 'queue.endpoint_url' must be an http:// or https:// URL with a host,"
+                f" not {self.endpoint_url!r}."
             )
 
     @property

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -29,13 +31,15 @@ from service.metrics import Metrics, metrics_key, metrics_middleware
 from service.orchestrator.orchestrator import Orchestrator
 from service.orchestrator.recovery import recover
 from service.orchestrator.tenure import Tenure
-from service.push.sqs import Publisher
 from service.push.webhooks import Webhooks
 from service.readiness import Readiness, readiness_key
 from service.retention import keep_sweeping
 from service.sms.base import create_sender
 from service.sms.challenge import Challenges
 from service.store import Store, open_store
+
+if TYPE_CHECKING:
+    from service.push.sqs import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -210,20 +214,57 @@ async def _stop_domain(app: web.Application) -> None:
 
 
 async def _outcomes(app: web.Application) -> AsyncIterator[None]:
-    """Push the outbox to SQS, from a task of its own: the service works while SQS does not."""
+    """Push the outbox to SQS, from a task of its own: the service works while SQS does not.
+
+    The publisher starts once the service listens: botocore and aioboto3 take a fifth of a
+    second to import (in a thread, here) and the SQS client as long to make, and a restart must
+    answer at once. What is decided meanwhile waits in the outbox, and goes out first.
+    """
     settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
     if not settings.queue.enabled:
         log.warning("queue publishing is off: outcomes stay in the outbox")
         yield
         return
-    publisher = Publisher(store, settings.queue, observer=metrics)
-    app[readiness_key].add("publisher", lambda: publisher.up)
-    metrics.watch_publisher(lambda: publisher.up)
-    store.on_outcome = publisher.wake
-    # The orchestrator stops first (its context unwinds first): what it decided meanwhile goes
-    # out at this one's exit if SQS takes it in time, else at the next start.
-    async with publisher.running(min(FLUSH_SECONDS, settings.server.shutdown_grace_seconds)):
+    publishers: list[Publisher] = []  # the one, once running
+
+    def up() -> bool:
+        return bool(publishers) and publishers[0].up
+
+    def wake() -> None:
+        if publishers:
+            publishers[0].wake()
+
+    app[readiness_key].add("publisher", up)
+    metrics.watch_publisher(up)
+    store.on_outcome = wake
+    stopping = asyncio.Event()
+    task = asyncio.create_task(_publish(app, publishers, stopping), name="publishing")
+    try:
         yield
+    finally:
+        # The orchestrator has stopped (its context unwinds first): what it decided meanwhile
+        # goes out now if SQS takes it in time, else at the next start.
+        stopping.set()
+        if not publishers:
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _publish(
+    app: web.Application, publishers: list[Publisher], stopping: asyncio.Event
+) -> None:
+    settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
+    try:
+        sqs = await asyncio.to_thread(importlib.import_module, "service.push.sqs")
+        publisher: Publisher = sqs.Publisher(store, settings.queue, observer=metrics)
+        async with publisher.running(min(FLUSH_SECONDS, settings.server.shutdown_grace_seconds)):
+            publishers.append(publisher)
+            await stopping.wait()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # A bug, or a client that cannot be made: nothing is lost, the outbox keeps it all.
+        log.exception("the publisher could not start: outcomes stay in the outbox")
 
 
 async def _webhooks(app: web.Application) -> AsyncIterator[None]:

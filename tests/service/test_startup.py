@@ -25,6 +25,12 @@ pytestmark = pytest.mark.slow  # each test runs the service as a process
             "'queue.refused_retry_seconds' must be positive",
         ),
         (
+            # The SQS client is made only once listening: its endpoint is checked before.
+            "VERIFY_QUEUE_ENDPOINT_URL",
+            "localhost:4566",
+            "'queue.endpoint_url' must be an http:// or https:// URL with a host",
+        ),
+        (
             "VERIFY_SERVER_EVENT_LOOP",
             "trio",
             "'server.event_loop' must be one of 'uvloop', 'asyncio'",
