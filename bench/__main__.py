@@ -2,11 +2,12 @@
 runs all but replicas.
 
     python -m bench                                   all but replicas, at their default sizes
+                                                      (scale at 100,000 and at 1,000,000)
     python -m bench throughput --n 2000 --concurrency 64 [--profile]
     python -m bench throughput --peer dbos --n 1000   ours and the DBOS peer, alternating
     python -m bench waiting --m 100000                (--m 1000000: the stretch goal)
     python -m bench push-vs-poll --k 300 --intervals 1000 200
-    python -m bench scale --m 100000 --rate 150       (--m 1000000: the million, seeded)
+    python -m bench scale --m 100000 [--rate R]       (--m 1000000: the million, seeded)
     python -m bench replicas --n 1000 --replicas 1 2 3 --kills 10   (needs PostgreSQL's server)
     python -m bench report                            BENCHMARKS.md's tables from bench/results/
 
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, tuple[Measure, report.Renderer]] = {
     push_vs_poll.NAME: (push_vs_poll.measure, push_vs_poll.render),
     replicas.NAME: (replicas.measure, replicas.render),
     scale.NAME: (scale.measure, scale.render),
+    scale.STRETCH: (scale.measure_stretch, scale.render),
     comparison.NAME: (comparison.measure, comparison.render),
 }
 #: Run only when named, not by `all`: they need PostgreSQL's server.
@@ -56,7 +58,6 @@ ON_REQUEST = {replicas.NAME}
 #: Every result BENCHMARKS.md shows, by the name it is kept under.
 RENDERERS: dict[str, report.Renderer] = {n: r for n, (_, r) in BENCHMARKS.items()} | {
     waiting.STRETCH: waiting.render,
-    scale.STRETCH: scale.render,
 }
 #: What a whole run of all three may take before it is stopped, whatever it is doing.
 TIME_LIMIT_SECONDS = 45 * 60
@@ -191,7 +192,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     c = commands.add_parser("scale", help=scale.__doc__.splitlines()[0])
     c.add_argument("--m", type=int, default=scale.Options.m, help="pending verifications, seeded")
     c.add_argument("--expiring", type=int, default=scale.Options.expiring)
-    c.add_argument("--rate", type=float, default=scale.Options.rate, help="paced whole ones/s")
+    c.add_argument(
+        "--rate",
+        type=float,
+        default=scale.Options.rate,
+        help="paced whole ones/s (default: half the saturated rate last measured here)",
+    )
     c.add_argument("--seconds", type=float, default=scale.Options.seconds)
     c.add_argument("--profile", action="store_true", help="py-spy during the paced load")
 
@@ -207,6 +213,7 @@ def options_of(name: str, args: argparse.Namespace | None) -> Any:
         push_vs_poll.NAME: push_vs_poll.Options,
         replicas.NAME: replicas.Options,
         scale.NAME: scale.Options,
+        scale.STRETCH: scale.Options,
         comparison.NAME: comparison.Options,
     }[name]
     if args is None:
@@ -232,7 +239,11 @@ async def run(names: list[str], args: argparse.Namespace | None, command: str) -
                 described = machine.describe()
                 results = await measure(options_of(name, args), sqs_server)
                 result = report.record(name, command, described, results)
-                slots = {waiting.NAME: waiting.slot, scale.NAME: scale.slot}
+                slots = {
+                    waiting.NAME: waiting.slot,
+                    scale.NAME: scale.slot,
+                    scale.STRETCH: scale.slot,
+                }
                 slot = slots[name](result) if name in slots else name
                 path = report.save(result, slot)
                 print(f"\n## {name}\n\n{render(result)}\n", flush=True)

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench import client, profiler, stats
+from bench import client, machine, profiler, report, stats
 from bench.outcomes import OutcomeListener
 from bench.phones import phone_numbers
 from bench.stack import API_KEY, RESULTS, LocalStack, Service, log, stack
@@ -55,8 +55,9 @@ class Options:
     m: int = 100_000
     #: Seeded verifications whose deadlines fall during recovery.
     expiring: int = 200
-    #: Whole verifications a second while the M wait: about half the saturated rate here.
-    rate: float = 150.0
+    #: Whole verifications a second while the M wait; None: half the saturated rate that
+    #: `python -m bench throughput` measured last on this machine (else `DEFAULT_RATE`).
+    rate: float | None = None
     seconds: float = 30.0
     #: Attach py-spy to the service during the paced load (its latencies then suffer).
     profile: bool = False
@@ -81,8 +82,13 @@ class Paced:
     seconds: float = 0.0
 
 
+#: The paced rate where throughput has not been measured on this machine.
+DEFAULT_RATE = 150.0
+
+
 async def measure(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
-    o = options
+    o = options if options.rate is not None else dataclasses.replace(options, rate=half_rate())
+    assert o.rate is not None
     phones = phone_numbers(o.m + o.expiring + int(o.rate * o.seconds) + 100)
     async with stack(NAME, sqs_server) as s, client.session(256) as http:
         first = _service(s.new_service(LONG_TTL_SECONDS))
@@ -141,6 +147,22 @@ async def measure(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
     }
     results["targets"] = targets(results)
     return results
+
+
+async def measure_stretch(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
+    """The same at a million at least: what `python -m bench` runs after the 100,000."""
+    return await measure(dataclasses.replace(options, m=max(options.m, STRETCH_M)), sqs_server)
+
+
+def half_rate() -> float:
+    """Half the saturated rate of the last throughput run here: the targets' "half load"."""
+    last = report.load("throughput")
+    if last is None or last["machine"]["cpu"] != machine.describe()["cpu"]:
+        log(f"no throughput measured on this machine: pacing at {DEFAULT_RATE:g}/s")
+        return DEFAULT_RATE
+    saturated = float(last["results"]["runs"][0]["completed_per_second"])
+    log(f"pacing at half the saturated {saturated:g}/s measured {last['finished_at']}")
+    return round(saturated / 2, 1)
 
 
 def _service(service: Service) -> Service:
@@ -304,7 +326,8 @@ async def _paced(
     """`o.rate` whole verifications a second, each arriving on schedule, for `o.seconds`."""
     api, sms = client.Api(http, service.url), client.Sms(http, twilio_url)
     paced = Paced()
-    total = int(o.rate * o.seconds)
+    rate = o.rate or DEFAULT_RATE
+    total = int(rate * o.seconds)
 
     async def one(phone: str) -> None:
         try:
@@ -319,7 +342,7 @@ async def _paced(
     begin = time.perf_counter()
     tasks = []
     for n in range(total):
-        await asyncio.sleep(max(0.0, begin + n / o.rate - time.perf_counter()))
+        await asyncio.sleep(max(0.0, begin + n / rate - time.perf_counter()))
         tasks.append(asyncio.create_task(one(phones[n])))
     await asyncio.wait_for(asyncio.gather(*tasks), 120)
     paced.seconds = time.perf_counter() - begin
