@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 from collections.abc import Mapping
@@ -41,6 +42,10 @@ class Secret(str):
 
 
 NO_SECRET = Secret("")
+
+
+#: What botocore takes as a region name (its own check, made when a client is).
+REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -77,8 +82,16 @@ class QueueSettings:
                 "Config 'queue.retry_delays' must be one or more waits of 0 s or more."
             )
         # Checked here, not when the client is made: the service makes it only once listening.
-        endpoint = urlsplit(self.endpoint_url)
-        web = endpoint.scheme in ("http", "https") and endpoint.hostname
+        if not REGION.fullmatch(self.region):
+            raise ConfigError(
+                "Config 'queue.region' must be an AWS region such as 'us-east-1',"
+                f" not {self.region!r}."
+            )
+        try:
+            endpoint = urlsplit(self.endpoint_url)
+            web = endpoint.scheme in ("http", "https") and endpoint.hostname
+        except ValueError:  # an unclosed [IPv6 address]
+            web = False
         if self.endpoint_url and not web:
             raise ConfigError(
                 "Config 'queue.endpoint_url' must be an http:// or https:// URL with a host,"

@@ -243,9 +243,12 @@ async def _outcomes(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         # The orchestrator has stopped (its context unwinds first): what it decided meanwhile
-        # goes out now if SQS takes it in time, else at the next start.
+        # goes out now if SQS takes it in time, else at the next start. A publisher still
+        # starting gets that time too, to start and send.
         stopping.set()
-        if not publishers:
+        flush = min(FLUSH_SECONDS, settings.server.shutdown_grace_seconds)
+        done, _ = await asyncio.wait({task}, timeout=flush if not publishers else None)
+        if not done:
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -254,17 +257,23 @@ async def _publish(
     app: web.Application, publishers: list[Publisher], stopping: asyncio.Event
 ) -> None:
     settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
-    try:
-        sqs = await asyncio.to_thread(importlib.import_module, "service.push.sqs")
-        publisher: Publisher = sqs.Publisher(store, settings.queue, observer=metrics)
-        async with publisher.running(min(FLUSH_SECONDS, settings.server.shutdown_grace_seconds)):
-            publishers.append(publisher)
-            await stopping.wait()
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        # A bug, or a client that cannot be made: nothing is lost, the outbox keeps it all.
-        log.exception("the publisher could not start: outcomes stay in the outbox")
+    flush = min(FLUSH_SECONDS, settings.server.shutdown_grace_seconds)
+    for delay in delays(settings.queue.retry_delays):
+        try:
+            sqs = await asyncio.to_thread(importlib.import_module, "service.push.sqs")
+            publisher: Publisher = sqs.Publisher(store, settings.queue, observer=metrics)
+            async with publisher.running(flush):
+                publishers.append(publisher)
+                await stopping.wait()
+            return
+        except Exception:
+            # The client could not be made (credentials not found yet, say): nothing is lost,
+            # the outbox keeps it all, and it is tried again.
+            log.exception("the SQS publisher could not start: trying again in %g s", delay)
+            publishers.clear()
+        if stopping.is_set():
+            return
+        await asyncio.sleep(delay)
 
 
 async def _webhooks(app: web.Application) -> AsyncIterator[None]:

@@ -9,7 +9,7 @@ microseconds; `asyncio.wait` on the waiter and a timer another kilobyte and twic
 million waiting, that was a quarter of their memory and most of a restart. So deadlines are kept
 in ticks of time: the waiters due in one tick are resolved together when it ends, and one loop
 timer waits for the soonest tick. A deadline is therefore noticed up to one tick late, never early
-by the wall clock (it is the clock the deadlines are written in).
+(unless the wall clock is set back while it waits: the time it had left is what counts).
 """
 
 from __future__ import annotations
@@ -35,10 +35,13 @@ class Deadlines:
         self._tick = tick
         #: The waiters of each tick: one alone, most of the time, else a set of them.
         self._ticks: dict[int, Waiter | set[Waiter]] = {}
-        #: The ticks, soonest first; a tick whose waiters were all withdrawn stays until it comes.
-        self._soonest: list[int] = []
+        #: (loop time it is due, tick), soonest first: the wall clock's distance to a tick is
+        #: turned into the loop's monotonic time once, when its first waiter comes, so a wall
+        #: clock set back later does not hold it back. A tick whose waiters were all withdrawn
+        #: stays until it comes, or until such ticks are most (`withdraw`).
+        self._soonest: list[tuple[float, int]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_tick = 0
+        self._timer_due = 0.0
 
     def __len__(self) -> int:
         """Ticks with a waiter due."""
@@ -50,8 +53,10 @@ class Deadlines:
         waiters = self._ticks.get(tick)
         if waiters is None:
             self._ticks[tick] = waiter
-            heapq.heappush(self._soonest, tick)
-            if self._timer is None or tick < self._timer_tick:
+            loop = asyncio.get_running_loop()
+            due = loop.time() + max(0.0, tick * self._tick - self._clock())
+            heapq.heappush(self._soonest, (due, tick))
+            if self._timer is None or due < self._timer_due:
                 self._arm()
         elif isinstance(waiters, set):
             waiters.add(waiter)
@@ -71,28 +76,32 @@ class Deadlines:
         # Most deadlines are withdrawn (a code came first): their ticks go, in one pass, before
         # they outnumber the live ones, or a long TTL would keep them by the million.
         if len(self._soonest) > 2 * len(self._ticks) + 1024:
-            self._soonest = list(self._ticks)
+            self._soonest = [(due, t) for due, t in self._soonest if t in self._ticks]
             heapq.heapify(self._soonest)
 
     def _arm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        while self._soonest and self._soonest[0] not in self._ticks:
+        while self._soonest and self._soonest[0][1] not in self._ticks:
             heapq.heappop(self._soonest)  # every waiter of it withdrawn
-        if not self._soonest:
-            return
-        self._timer_tick = self._soonest[0]
-        delay = max(0.0, self._timer_tick * self._tick - self._clock())
-        self._timer = asyncio.get_running_loop().call_later(delay, self._ring)
+        if self._soonest:
+            self._timer_due = self._soonest[0][0]
+            self._timer = asyncio.get_running_loop().call_at(self._timer_due, self._ring)
 
     def _ring(self) -> None:
-        # uvloop rounds timers to the millisecond, so one can come a little early: the tick
-        # then waits the rest. A clock set back makes them wait for it too.
         self._timer = None
-        now = self._clock()
-        while self._soonest and self._soonest[0] * self._tick <= now:
-            waiters = self._ticks.pop(heapq.heappop(self._soonest), None)
+        loop = asyncio.get_running_loop()
+        while self._soonest and self._soonest[0][0] <= loop.time():
+            _, tick = heapq.heappop(self._soonest)
+            # uvloop rounds timers to the millisecond, so one can come a little early by the
+            # wall clock: that tick waits the rest. More than a tick early means the wall clock
+            # was set back; the monotonic time asked for has passed, and that is what counts.
+            early = tick * self._tick - self._clock()
+            if 0 < early <= self._tick and tick in self._ticks:
+                heapq.heappush(self._soonest, (loop.time() + early, tick))
+                continue
+            waiters = self._ticks.pop(tick, None)
             for waiter in waiters if isinstance(waiters, set) else (waiters,):
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow  # each test runs the service as a process
             "localhost:4566",
             "'queue.endpoint_url' must be an http:// or https:// URL with a host",
         ),
+        ("VERIFY_QUEUE_REGION", "not a region!", "'queue.region' must be an AWS region"),
         (
             "VERIFY_SERVER_EVENT_LOOP",
             "trio",
