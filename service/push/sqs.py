@@ -43,10 +43,6 @@ BATCH_SIZE = 10
 READ_LIMIT = 100
 #: While a stop flushes, failed attempts are retried this often at most, whatever the back-off.
 FLUSH_RETRY_SECONDS = 0.1
-#: Once woken, the publisher waits this long for more outcomes before it reads the outbox: a
-#: batch of ten costs about what one costs (a request to SQS, a commit marking them sent), and
-#: at low load each outcome would otherwise go alone.
-GATHER_SECONDS = 0.01
 #: A timer may fire a little early (uvloop rounds to the millisecond); waking before a deferred
 #: record is due would only find nothing to send and read the outbox again.
 TIMER_MARGIN = 0.002
@@ -126,7 +122,6 @@ class Publisher:
         observer: Observer = IGNORED,
         read_limit: int = READ_LIMIT,
         clock: Callable[[], float] = time.time,
-        gather_seconds: float = GATHER_SECONDS,
     ) -> None:
         if not settings.retry_delays:
             raise ValueError("Publisher needs at least one retry delay.")
@@ -136,7 +131,6 @@ class Publisher:
         self._settings = settings
         self._observer = observer
         self._read_limit = read_limit
-        self._gather_seconds = gather_seconds
         self._clock = clock
         self._closing = contextlib.AsyncExitStack()
         self._client: SqsClient | None = None
@@ -189,8 +183,6 @@ class Publisher:
         self._woken.set()
         while True:
             await self._wait_for_work()
-            if not self._hurried.is_set():
-                await asyncio.sleep(self._gather_seconds)
             # Cleared before draining, so a wake during a drain is not lost: it drains again.
             self._woken.clear()
             self._idle.clear()
