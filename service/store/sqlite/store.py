@@ -117,6 +117,10 @@ class SqliteStore(SqliteWebhooks):
         self._unsent = 0
         #: The webhook endpoints enabled, by name: each outcome gets a delivery for each.
         self._webhooks: list[str] = []
+        #: Where, for the connection that reads the pending by pages (opened when first needed).
+        self._path = ""
+        self._busy_timeout_ms = 0
+        self._pages: aiosqlite.Connection | None = None
 
     @classmethod
     async def open(
@@ -157,14 +161,13 @@ class SqliteStore(SqliteWebhooks):
             thread.stop()
             raise
         try:
-            reader = await aiosqlite.connect(path, isolation_level=None)
-            # As for the writer: wait for a lock rather than fail (a checkpoint may hold one).
-            await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            reader = await _reader(path, busy_timeout_ms)
         except BaseException:
             await thread.call(writer.close)
             thread.stop()
             raise
         store = cls(GroupCommit(writer, thread), reader, clock)
+        store._path, store._busy_timeout_ms = path, busy_timeout_ms
         try:
             # Read before open returns, so no scrape ever sees the count before it is made.
             rows = await store._read("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
@@ -179,6 +182,8 @@ class SqliteStore(SqliteWebhooks):
         self._closed = True
         await self._writes.drain()
         await self._reader.close()
+        if self._pages is not None:
+            await self._pages.close()
         await self._writes.close()
         if self._lock is not None:
             self._lock.release()
@@ -224,12 +229,18 @@ class SqliteStore(SqliteWebhooks):
         self, after: tuple[float, str] | None = None, limit: int | None = None
     ) -> list[Verification]:
         # The pending index is on (expires_at, id): each page is a range of it, however many.
+        # On a connection of its own: a request's read never waits behind a page of recovery's.
         start = after or (float("-inf"), "")
-        rows = await self._read(
-            f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending'"
-            " AND (expires_at, id) > (?, ?) ORDER BY expires_at, id LIMIT ?",
-            (*start, -1 if limit is None else limit),
-        )
+        try:
+            if self._pages is None:
+                self._pages = await _reader(self._path, self._busy_timeout_ms)
+            rows = await self._pages.execute_fetchall(
+                f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending'"
+                " AND (expires_at, id) > (?, ?) ORDER BY expires_at, id LIMIT ?",
+                (*start, -1 if limit is None else limit),
+            )
+        except sqlite3.DatabaseError as exc:
+            raise _unavailable(exc) from exc
         return [_verification(r) for r in rows]
 
     async def pending_for(self, owner: str, phone: str) -> Verification | None:
@@ -492,6 +503,17 @@ def _claim_key(
         )
         return None
     return KeyHolder(_verification(row), bytes(held_digest))
+
+
+async def _reader(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
+    reader = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        # As for the writer: wait for a lock rather than fail (a checkpoint may hold one).
+        await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    except BaseException:
+        await reader.close()
+        raise
+    return reader
 
 
 def _unavailable(exc: sqlite3.DatabaseError) -> StoreUnavailable:
