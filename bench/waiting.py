@@ -1,6 +1,6 @@
 """Benchmark 2, waiting at scale: M verifications left pending, a crash, and the restart.
 
-Deadlines are stored absolute and the TTL only matters at creation, so the run uses three
+Deadlines are stored absolute, so the run uses three
 processes of the service on one database:
 
 1. service #1, TTL of hours: W warm-up verifications completed, RSS read; the M verifications
