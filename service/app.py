@@ -238,7 +238,8 @@ async def _outcomes(app: web.Application) -> AsyncIterator[None]:
     metrics.watch_publisher(up)
     store.on_outcome = wake
     stopping = asyncio.Event()
-    task = asyncio.create_task(_publish(app, publishers, stopping), name="publishing")
+    flush = min(FLUSH_SECONDS, settings.server.shutdown_grace_seconds)
+    task = asyncio.create_task(_publish(app, publishers, stopping, flush), name="publishing")
     try:
         yield
     finally:
@@ -246,7 +247,6 @@ async def _outcomes(app: web.Application) -> AsyncIterator[None]:
         # goes out now if SQS takes it in time, else at the next start. A publisher still
         # starting gets that time too, to start and send.
         stopping.set()
-        flush = min(FLUSH_SECONDS, settings.server.shutdown_grace_seconds)
         done, _ = await asyncio.wait({task}, timeout=flush if not publishers else None)
         if not done:
             task.cancel()
@@ -254,10 +254,9 @@ async def _outcomes(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _publish(
-    app: web.Application, publishers: list[Publisher], stopping: asyncio.Event
+    app: web.Application, publishers: list[Publisher], stopping: asyncio.Event, flush: float
 ) -> None:
     settings, store, metrics = app[settings_key], app[store_key], app[metrics_key]
-    flush = min(FLUSH_SECONDS, settings.server.shutdown_grace_seconds)
     for delay in delays(settings.queue.retry_delays):
         try:
             sqs = await asyncio.to_thread(importlib.import_module, "service.push.sqs")

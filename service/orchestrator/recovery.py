@@ -52,7 +52,7 @@ async def recover(store: Store, orchestrator: Orchestrator, clock: Clock, ttl: f
     started = time.perf_counter()
     total = Recovered()
     orchestrator.recovering = True
-    # The next page is read (in the reader's thread) while this one is armed.
+    # The next page is read (on the store's own thread) while this one is armed.
     reading: asyncio.Task[list[Verification]] | None = _read(store, None)
     try:
         with _collector_paused(orchestrator):

@@ -98,9 +98,17 @@ class SqliteStore(SqliteWebhooks):
     Open with `await SqliteStore.open(path, clock=...)`; close with `await store.close()`.
     """
 
-    def __init__(self, writes: GroupCommit, reader: aiosqlite.Connection, clock: Clock) -> None:
+    def __init__(
+        self,
+        writes: GroupCommit,
+        reader: aiosqlite.Connection,
+        pages: aiosqlite.Connection,
+        clock: Clock,
+    ) -> None:
         self._writes = writes
         self._reader = reader
+        #: Reads the pending by pages (recovery): a request's read never waits behind a page.
+        self._pages = pages
         self._clock = clock
         #: Held from open to close: no second process serves this database meanwhile.
         self._lock: DatabaseLock | None = None
@@ -117,10 +125,6 @@ class SqliteStore(SqliteWebhooks):
         self._unsent = 0
         #: The webhook endpoints enabled, by name: each outcome gets a delivery for each.
         self._webhooks: list[str] = []
-        #: Where, for the connection that reads the pending by pages (opened when first needed).
-        self._path = ""
-        self._busy_timeout_ms = 0
-        self._pages: aiosqlite.Connection | None = None
 
     @classmethod
     async def open(
@@ -160,14 +164,17 @@ class SqliteStore(SqliteWebhooks):
         except BaseException:
             thread.stop()
             raise
+        readers: list[aiosqlite.Connection] = []
         try:
-            reader = await _reader(path, busy_timeout_ms)
+            for _ in range(2):
+                readers.append(await _reader(path, busy_timeout_ms))
         except BaseException:
+            for reader in readers:
+                await reader.close()
             await thread.call(writer.close)
             thread.stop()
             raise
-        store = cls(GroupCommit(writer, thread), reader, clock)
-        store._path, store._busy_timeout_ms = path, busy_timeout_ms
+        store = cls(GroupCommit(writer, thread), readers[0], readers[1], clock)
         try:
             # Read before open returns, so no scrape ever sees the count before it is made.
             rows = await store._read("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
@@ -182,8 +189,7 @@ class SqliteStore(SqliteWebhooks):
         self._closed = True
         await self._writes.drain()
         await self._reader.close()
-        if self._pages is not None:
-            await self._pages.close()
+        await self._pages.close()
         await self._writes.close()
         if self._lock is not None:
             self._lock.release()
@@ -229,18 +235,13 @@ class SqliteStore(SqliteWebhooks):
         self, after: tuple[float, str] | None = None, limit: int | None = None
     ) -> list[Verification]:
         # The pending index is on (expires_at, id): each page is a range of it, however many.
-        # On a connection of its own: a request's read never waits behind a page of recovery's.
         start = after or (float("-inf"), "")
-        try:
-            if self._pages is None:
-                self._pages = await _reader(self._path, self._busy_timeout_ms)
-            rows = await self._pages.execute_fetchall(
-                f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending'"
-                " AND (expires_at, id) > (?, ?) ORDER BY expires_at, id LIMIT ?",
-                (*start, -1 if limit is None else limit),
-            )
-        except sqlite3.DatabaseError as exc:
-            raise _unavailable(exc) from exc
+        rows = await self._read(
+            f"SELECT {COLUMNS} FROM verifications WHERE status = 'pending'"
+            " AND (expires_at, id) > (?, ?) ORDER BY expires_at, id LIMIT ?",
+            (*start, -1 if limit is None else limit),
+            on=self._pages,
+        )
         return [_verification(r) for r in rows]
 
     async def pending_for(self, owner: str, phone: str) -> Verification | None:
@@ -451,9 +452,11 @@ class SqliteStore(SqliteWebhooks):
     async def _update(self, sql: str, params: tuple[Any, ...]) -> bool:
         return bool(await self._write(lambda db: db.execute(sql, params).rowcount == 1))
 
-    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    async def _read(
+        self, sql: str, params: tuple[Any, ...] = (), *, on: aiosqlite.Connection | None = None
+    ) -> list[Any]:
         try:
-            return list(await self._reader.execute_fetchall(sql, params))
+            return list(await (on or self._reader).execute_fetchall(sql, params))
         except sqlite3.DatabaseError as exc:
             raise _unavailable(exc) from exc
 
