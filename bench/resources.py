@@ -15,6 +15,10 @@ class Usage:
     #: utime + stime of every thread, in seconds.
     cpu_seconds: float
     rss_bytes: int
+    #: Of `cpu_seconds`, the part spent in the kernel (system calls, page faults) for it.
+    kernel_seconds: float = 0.0
+    #: Pages first touched (minor faults), each a trip to the kernel: dear on a virtual machine.
+    page_faults: int = 0
 
 
 def usage(pid: int) -> Usage:
@@ -23,7 +27,13 @@ def usage(pid: int) -> Usage:
     # Fields 14 and 15 of proc(5) (utime, stime) are 11 and 12 once pid and comm are dropped.
     cpu = (int(fields[11]) + int(fields[12])) / TICKS
     rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return Usage(cpu_seconds=cpu, rss_bytes=rss_pages * PAGE)
+    # Field 10 (minflt) is 7.
+    return Usage(
+        cpu_seconds=cpu,
+        rss_bytes=rss_pages * PAGE,
+        kernel_seconds=int(fields[12]) / TICKS,
+        page_faults=int(fields[7]),
+    )
 
 
 def thread_cpu(pid: int) -> dict[int, float]:

@@ -104,6 +104,7 @@ async def measure(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
             restart = await _restart(service, http, seeded, phones[o.m + o.expiring])
             expiry = await _expiry(service, http, outcomes, seeded, deadlines)
             recovered_seconds, line = await service.wait_log("recovered:", 120)
+            armed = service.usage()
             await asyncio.sleep(1)
             rss = service.usage().rss_bytes
             log(f"paced load: {o.rate:g}/s for {o.seconds:g} s among {o.m:,} pending")
@@ -127,6 +128,11 @@ async def measure(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
         "parameters": dataclasses.asdict(o),
         "restart": {**restart, "recovered_log_seconds": round(recovered_seconds, 2)},
         "recovery_log": line["message"],
+        "recovery_cpu": {
+            "seconds": round(armed.cpu_seconds, 2),
+            "kernel_seconds": round(armed.kernel_seconds, 2),
+            "page_faults": armed.page_faults,
+        },
         "expiry": expiry,
         "memory": {
             "rss_baseline_mib": round(baseline_rss / 2**20, 1),
@@ -430,6 +436,7 @@ def render(result: dict[str, Any]) -> str:
         ["pending verifications (seeded)", f"{p['m']:,}"],
         *[[f"restart: {k.replace('_', ' ')}, s from spawn", v] for k, v in restart.items()],
         ["recovery log", f"`{r['recovery_log']}`"],
+        *_recovery_cpu(r),
         [
             "cohort expiring during recovery",
             f"{expiry['expired_at_their_deadline']}/{expiry['cohort']} expired at their deadline;"
@@ -460,6 +467,18 @@ def render(result: dict[str, Any]) -> str:
             [[t["target"], t["measured"], stats.verdict(t["met"])] for t in r["targets"]],
         )
     )
+
+
+def _recovery_cpu(r: dict[str, Any]) -> list[list[str]]:
+    cpu = r.get("recovery_cpu")  # not in results from before it was measured
+    if cpu is None:
+        return []
+    return [
+        [
+            "service CPU from spawn to re-armed: all / in the kernel",
+            f"{cpu['seconds']} / {cpu['kernel_seconds']} s, {cpu['page_faults']:,} page faults",
+        ]
+    ]
 
 
 def _pm(summary: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from bench import client, profiler, report, stats
 from bench.outcomes import OutcomeListener
 from bench.phones import phone_numbers
-from bench.resources import thread_cpu
+from bench.resources import thread_cpu, usage
 from bench.stack import RESULTS, LocalStack, Service, Stack, log, stack
 
 NAME = "throughput"
@@ -55,6 +55,9 @@ class Run:
     cpu_by_process: dict[str, float] = field(default_factory=dict)
     #: The service's CPU seconds on its event loop (main) thread, and on all its other threads.
     service_threads: dict[str, float] = field(default_factory=dict)
+    #: Of `service_cpu`, the seconds in the kernel: on a virtual machine, where waking a thread
+    #: or another process is dear, this is what grows as the load falls.
+    service_kernel: float = 0.0
     offered_rate: float | None = None
 
     def report(self) -> dict[str, Any]:
@@ -76,6 +79,9 @@ class Run:
             "service_cpu_seconds_by_thread": {
                 k: round(v, 2) for k, v in self.service_threads.items()
             },
+            "service_kernel_cpu_ms_per_verification": (
+                round(1000 * self.service_kernel / self.completed, 3) if self.completed else None
+            ),
             "mismatched_outcomes": self.mismatched,
         }
 
@@ -121,6 +127,7 @@ class Driver:
         begin = time.perf_counter()
         cpu_before = self.stack.cpu_seconds()
         threads_before = thread_cpu(self.service.pid)
+        kernel_before = usage(self.service.pid).kernel_seconds
 
         async def worker() -> None:
             for i, phone in numbered:
@@ -143,6 +150,7 @@ class Driver:
         cpu_after = self.stack.cpu_seconds()
         run.cpu_by_process = {k: cpu_after[k] - cpu_before[k] for k in cpu_after if k in cpu_before}
         run.service_cpu = run.cpu_by_process.get("service", 0.0)
+        run.service_kernel = usage(self.service.pid).kernel_seconds - kernel_before
         threads = thread_cpu(self.service.pid)
         spent = {t: cpu - threads_before.get(t, 0.0) for t, cpu in threads.items()}
         main = spent.pop(self.service.pid, 0.0)
@@ -263,6 +271,7 @@ def render(result: dict[str, Any]) -> str:
             "seconds",
             "completed/s",
             "service CPU ms/verification",
+            "of it in the kernel",
             "CPU s: service / Twilio / LocalStack / driver",
             "service CPU s: event loop / other threads",
         ],
@@ -275,6 +284,7 @@ def render(result: dict[str, Any]) -> str:
                 x["seconds"],
                 x["completed_per_second"],
                 x["service_cpu_ms_per_verification"],
+                x.get("service_kernel_cpu_ms_per_verification", "-"),
                 " / ".join(
                     str(x["cpu_seconds_by_process"].get(k, "-"))
                     for k in ("service", "fake_twilio", "localstack", "driver")
