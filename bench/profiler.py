@@ -130,6 +130,30 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
     }
 
 
+def per_verification(raw: Path, completed: int, top: int = 12) -> dict[str, float]:
+    """Milliseconds of samples per verification, by package, the most first: runs of different
+    sizes and rates side by side (py-spy takes `RATE` samples a second of the GIL's holder)."""
+    packages: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        frames = [_function(f) for f in stack.split(";") if f.endswith(")")]
+        if frames and count_text.isdigit():
+            packages[_package(frames[-1])] += int(count_text)
+    ms = 1000 / RATE / max(1, completed)
+    total = {"all": round(sum(packages.values()) * ms, 3)}
+    return total | {name: round(n * ms, 3) for name, n in packages.most_common(top)}
+
+
+def compared(saturated: dict[str, float], half: dict[str, float]) -> str:
+    """The two runs' milliseconds per verification by package, and how much more at half load."""
+    rows = [
+        [name, ms, half.get(name, "-"), f"{half[name] / ms:.1f}x" if name in half and ms else "-"]
+        for name, ms in saturated.items()
+    ]
+    headers = ["package (own time)", "ms/verification, saturation", "half load", "ratio"]
+    return stats.table(headers, rows)
+
+
 def _function(frame: str) -> str:
     """`send (aiohttp/client.py:123)` -> `send (aiohttp/client.py)`."""
     name, _, location = frame.rpartition(" (")

@@ -116,6 +116,18 @@ def profile_section(entry: dict[str, Any]) -> str:
         f"py-spy `--gil`, {profile['samples']} samples: {profile['about']}. Command:"
         f" `{entry['command']}`, {entry['finished_at']}, commit {entry['commit']}.\n\n"
         + profiler.table(profile)
+        + _half_load(profile)
+    )
+
+
+def _half_load(profile: dict[str, Any]) -> str:
+    half = profile.get("half_load")
+    if not half or "ms_by_package" not in profile:
+        return ""
+    return (
+        f"\n\nThe same at half load ({half['run']['offered_per_second']}/s, py-spy attached),"
+        " per verification, by package of the function on top:\n\n"
+        + profiler.compared(profile["ms_by_package"], half["ms_by_package"])
     )
 
 

@@ -162,11 +162,22 @@ class Driver:
         return run
 
 
+async def _half_load_profiled(
+    driver: Driver, phones: list[str], o: Options, rate: float
+) -> dict[str, Any]:
+    """The half load again under py-spy: what costs more per verification when the load falls."""
+    raw = RESULTS / "profile-half.txt"
+    async with profiler.Profiler(driver.service.pid, {"raw": raw}):
+        await asyncio.sleep(1)
+        run = await driver.run("profiled at half load", phones[: o.half_n], o.concurrency, rate)
+    return {"run": run.report(), "ms_by_package": profiler.per_verification(raw, run.completed)}
+
+
 async def measure(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
     o = options
     # Twice the saturation run: py-spy's share of the samples is then worth reading.
     profile_n = 2 * o.n if o.profile else 0
-    phones = phone_numbers(o.warmup + o.n + o.half_n + profile_n)
+    phones = phone_numbers(o.warmup + o.n + o.half_n + profile_n + (o.half_n if o.profile else 0))
     async with stack(NAME, sqs_server) as s:
         service, _ = await s.start_service(TTL_SECONDS)
         async with (
@@ -205,7 +216,12 @@ async def measure(options: Options, sqs_server: LocalStack) -> dict[str, Any]:
                     "run": profiled.report(),
                     "svg": str(svg.relative_to(RESULTS.parent.parent)),
                     **profiler.summarise(raw),
+                    "ms_by_package": profiler.per_verification(raw, profiled.completed),
                 }
+                if len(runs) > 1:
+                    profile["half_load"] = await _half_load_profiled(
+                        driver, phones[taken + profile_n :], o, runs[1].offered_rate or 1.0
+                    )
             measured = set().union(*(r.approved for r in runs))
             await outcomes.settle(measured, quiet_seconds=3.0, timeout=WAIT_SECONDS)
             lost, duplicated = outcomes.lost_and_duplicated(measured)
