@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 from types import ModuleType
 from typing import Any
 
@@ -22,6 +23,9 @@ class TwilioSender:
 
     def __init__(self, settings: SmsSettings) -> None:
         _check_twilio(settings)
+        # Installed, at least: a missing SDK stops the start, not the first send.
+        if importlib.util.find_spec("twilio") is None:
+            raise ConfigError("The Twilio sender needs the twilio package: pip install twilio.")
         self._settings = settings
         self._sdk: asyncio.Task[ModuleType] | None = None
         # The SDK's aiohttp session needs a running loop, so it is made on the first send.
