@@ -58,11 +58,15 @@ class TwilioSender:
     async def _loaded(self) -> ModuleType:
         # One import for all the sends that come while it runs; shielded, so a send that gives
         # up (its time-out, a stop) does not cancel it under the others.
-        if self._sdk is None or (self._sdk.done() and self._sdk.exception() is not None):
-            self._sdk = asyncio.create_task(
+        sdk = self._sdk
+        if sdk is None or (sdk.done() and (sdk.cancelled() or sdk.exception() is not None)):
+            # The first send, or the import failed (or a close cut it short): import (again).
+            sdk = self._sdk = asyncio.create_task(
                 asyncio.to_thread(importlib.import_module, "service.sms.twilio_sdk")
             )
-        return await asyncio.shield(self._sdk)
+        elif sdk.done():
+            return sdk.result()  # every send after the first
+        return await asyncio.shield(sdk)
 
     def _twilio(self, sdk: ModuleType) -> Any:
         if self._client is None:
