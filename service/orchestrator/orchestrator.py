@@ -31,7 +31,6 @@ import logging
 import secrets
 import time
 from asyncio import FIRST_COMPLETED
-from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -70,6 +69,7 @@ from service.orchestrator.decisions import (
     Spend,
     decide,
 )
+from service.orchestrator.run import Run
 from service.outcomes import decided
 from service.sms.challenge import Challenges
 from service.store import KeyHolder, Store
@@ -86,10 +86,6 @@ MAX_CONFLICTS = 32
 #: A stop cancels the idle tasks one by one up to this many (milliseconds' work); past it, it
 #: leaves them for the process to end with.
 CANCEL_IDLE_UP_TO = 10_000
-
-
-#: A command and the future its caller waits on; the SMS activity's reports have none.
-Letter = tuple[Command, asyncio.Future[Verification] | None]
 
 
 class _Gone(Exception):
@@ -115,38 +111,6 @@ class Started:
     verification: Verification
     created: bool
     replayed: bool
-
-
-@dataclass(slots=True, eq=False)
-class Run:
-    """What the orchestrator holds in memory for one pending verification.
-
-    `verification` is replaced, never changed in place, so handing it out is handing a snapshot.
-    Everything else is made only when needed: most verifications get one command in their life,
-    and the ones waiting are what a process holds by the hundred thousand.
-    """
-
-    verification: Verification
-    inbox: deque[Letter] | None = None
-    waiter: asyncio.Future[None] | None = None
-    task: asyncio.Task[None] | None = None
-    #: The SMS activity, while one is in flight.
-    sending: asyncio.Task[None] | None = None
-
-    def deliver(self, command: Command, reply: asyncio.Future[Verification] | None = None) -> None:
-        # Buffered like raiseEvent: a command that arrives while the task is busy is not lost.
-        if self.inbox is None:
-            self.inbox = deque()
-        self.inbox.append((command, reply))
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def next_command(self) -> Letter | None:
-        return self.inbox.popleft() if self.inbox else None
-
-    @property
-    def queued(self) -> int:
-        return len(self.inbox) if self.inbox else 0
 
 
 @dataclass(slots=True, eq=False)
