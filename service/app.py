@@ -25,7 +25,7 @@ from service.backoff import delays
 from service.codes import CodeBook, load_secret
 from service.collector import Collector
 from service.config import Settings
-from service.errors import ConfigError, StoreUnavailable
+from service.errors import ConfigError, SmsUnavailable, StoreUnavailable
 from service.limits import Limits
 from service.metrics import Metrics, metrics_key, metrics_middleware
 from service.orchestrator.orchestrator import Orchestrator
@@ -34,7 +34,7 @@ from service.orchestrator.tenure import Tenure
 from service.push.webhooks import Webhooks
 from service.readiness import Readiness, readiness_key
 from service.retention import keep_sweeping
-from service.sms.base import create_sender
+from service.sms.base import SmsSender, create_sender
 from service.sms.challenge import Challenges
 from service.store import Store, open_store
 
@@ -48,6 +48,8 @@ FLUSH_SECONDS = 1.0
 
 #: Waits between tries of a recovery the database refused; the last repeats.
 RECOVERY_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
+#: Waits between tries to load the SMS sender's SDK; the last repeats.
+SENDER_OPEN_DELAYS = (1.0, 5.0, 30.0)
 
 #: What keeps this replica's lease, where replicas share the database.
 tenure_key = web.AppKey("tenure", Tenure)
@@ -103,11 +105,28 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sender(app: web.Application) -> AsyncIterator[None]:
+    """The SMS sender; what it needs (the Twilio SDK) loads beside the start-up, not before it:
+    the service is not ready (`/readyz`) until it has."""
     settings = app[settings_key]
     sender = create_sender(settings.sms, has_api_keys=bool(settings.auth.api_keys))
     app[sender_key] = sender
+    app[readiness_key].add("sms", lambda: sender.ready)
+    opening = asyncio.create_task(_open(sender), name="sms-sender")
     yield
+    opening.cancel()
+    await asyncio.gather(opening, return_exceptions=True)
     await sender.close()
+
+
+async def _open(sender: SmsSender) -> None:
+    for delay in delays(SENDER_OPEN_DELAYS):
+        try:
+            await sender.open()
+            return
+        except SmsUnavailable as exc:
+            # A broken install: not ready, said why, and tried again (a send tries too).
+            log.error("the SMS sender cannot send: %s; trying again in %g s", exc, delay)
+        await asyncio.sleep(delay)
 
 
 async def _orchestrator(app: web.Application) -> AsyncIterator[None]:

@@ -21,6 +21,15 @@ logger = logging.getLogger(__name__)
 
 
 class SmsSender(Protocol):
+    @property
+    def ready(self) -> bool:
+        """Whether it can send at once (what it needs is loaded)."""
+        ...
+
+    async def open(self) -> None:
+        """Load what sending needs, beside the start-up; `SmsUnavailable` if it cannot."""
+        ...
+
     async def send(self, to: str, body: str) -> str:
         """Send `body` to `to` and return the provider's message id."""
         ...

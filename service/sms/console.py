@@ -11,6 +11,11 @@ class ConsoleSender:
     Stdout only: the logs go to stderr, and a code must never reach wherever they are shipped.
     """
 
+    ready = True
+
+    async def open(self) -> None:
+        pass
+
     async def send(self, to: str, body: str) -> str:
         print(f"SMS to {to}: {body}", flush=True)
         return f"console-{uuid.uuid4().hex}"

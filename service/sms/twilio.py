@@ -1,7 +1,8 @@
 """The Twilio sender: Messages API through the official SDK's asyncio client, one try a send.
 
-The SDK itself (`service.sms.twilio_sdk`) is imported on the first send, in a thread, so the
-loop goes on answering meanwhile and a restart does not wait for it before it listens.
+The SDK itself (`service.sms.twilio_sdk`) is imported in a thread, beside the start-up (`open`)
+or by the first send, so the loop goes on answering meanwhile and a restart does not wait for it
+before it listens.
 """
 
 from __future__ import annotations
@@ -31,42 +32,60 @@ class TwilioSender:
         # The SDK's aiohttp session needs a running loop, so it is made on the first send.
         self._client: Any = None
 
+    @property
+    def ready(self) -> bool:
+        """Whether the SDK is loaded: until then a send waits for it (or fails, if it cannot)."""
+        sdk = self._sdk
+        return sdk is not None and sdk.done() and not sdk.cancelled() and sdk.exception() is None
+
+    async def open(self) -> None:
+        """Load the SDK now, in a thread; `SmsUnavailable` if it cannot be (a broken install)."""
+        await self._loaded()
+
     async def send(self, to: str, body: str) -> str:
-        sdk = await self._loaded()
-        sender = self._sender_params()
+        seconds = self._settings.timeout_seconds
         try:
-            # AsyncTwilioHttpClient keeps its `timeout` but never hands it to aiohttp (twilio
-            # 9.13), so without this a silent Twilio would hold the request for ever.
-            async with asyncio.timeout(self._settings.timeout_seconds):
-                message = await self._twilio(sdk).messages.create_async(to=to, body=body, **sender)
-        except sdk.ERRORS as exc:
-            raise sdk.classify(exc) from exc
+            # The first send's wait for the SDK counts against its time too. The SDK's own
+            # `timeout` is kept but never handed to aiohttp (twilio 9.13), so without this a
+            # silent Twilio would hold the request for ever.
+            async with asyncio.timeout(seconds):
+                return await self._create(await self._loaded(), to, body)
         except TimeoutError as exc:
-            seconds = self._settings.timeout_seconds
             raise SmsUnavailable(f"twilio did not answer within {seconds:g} s") from exc
-        except aiohttp.ClientError as exc:
-            raise SmsUnavailable(f"twilio unreachable: {type(exc).__name__}") from exc
-        return str(message.sid)
 
     async def close(self) -> None:
-        if self._sdk is not None and not self._sdk.done():
-            self._sdk.cancel()
+        # An import under way is left to finish (a thread cannot be stopped): cancelling it
+        # would cancel every send waiting on it with it.
         if self._client is not None:
             await self._client.http_client.close()
             self._client = None
 
+    async def _create(self, sdk: ModuleType, to: str, body: str) -> str:
+        try:
+            message = await self._twilio(sdk).messages.create_async(
+                to=to, body=body, **self._sender_params()
+            )
+        except sdk.ERRORS as exc:
+            raise sdk.classify(exc) from exc
+        except aiohttp.ClientError as exc:
+            raise SmsUnavailable(f"twilio unreachable: {type(exc).__name__}") from exc
+        return str(message.sid)
+
     async def _loaded(self) -> ModuleType:
-        # One import for all the sends that come while it runs; shielded, so a send that gives
-        # up (its time-out, a stop) does not cancel it under the others.
         sdk = self._sdk
         if sdk is None or (sdk.done() and (sdk.cancelled() or sdk.exception() is not None)):
-            # The first send, or the import failed (or a close cut it short): import (again).
+            # The first send, or the import failed: (again) in a thread, one for all the sends
+            # that come meanwhile.
             sdk = self._sdk = asyncio.create_task(
                 asyncio.to_thread(importlib.import_module, "service.sms.twilio_sdk")
             )
         elif sdk.done():
             return sdk.result()  # every send after the first
-        return await asyncio.shield(sdk)
+        try:
+            # Shielded: a send that gives up (its time-out) leaves the import to the others.
+            return await asyncio.shield(sdk)
+        except Exception as exc:
+            raise SmsUnavailable(f"the twilio SDK could not be loaded: {exc!r}") from exc
 
     def _twilio(self, sdk: ModuleType) -> Any:
         if self._client is None:

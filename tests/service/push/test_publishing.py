@@ -99,7 +99,7 @@ async def test_a_publisher_without_credentials_says_so_and_keeps_trying(
     status, body = await readiness(client)
     assert (status, body) == (
         503,
-        {"status": "not_ready", "checks": {"store": "ok", "publisher": "failing"}},
+        {"status": "not_ready", "checks": {"store": "ok", "sms": "ok", "publisher": "failing"}},
     )
     samples = await scrape(client)
     assert value(samples, "outbox_publisher_up") == 0
