@@ -94,11 +94,7 @@ async def service(
         # numbers, hex ids and SIDs, and fragments of them in free pages), so one of 75 random
         # 6-digit codes turns up by chance in one run in 33; with 10 digits, one in a million.
         "VERIFY_VERIFICATION_CODE_LENGTH": "10",
-        "VERIFY_SMS_SENDER": "twilio",
-        "VERIFY_SMS_ACCOUNT_SID": twilio.account_sid,
-        "VERIFY_SMS_AUTH_TOKEN": twilio.auth_token,
-        "VERIFY_SMS_FROM_NUMBER": "+15005550006",
-        "VERIFY_SMS_API_BASE_URL": twilio.base_url,
+        **twilio.sender_env,
         "VERIFY_AUTH_API_KEYS": API_KEY,
         "VERIFY_QUEUE_URL": queue_settings.url,
         "VERIFY_QUEUE_ENDPOINT_URL": queue_settings.endpoint_url,

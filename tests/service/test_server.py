@@ -92,11 +92,7 @@ async def make_service(tmp_path: Path, twilio: TwilioServer) -> AsyncIterator[Ma
     def make(**env: str) -> ServiceProcess:
         base = {
             "VERIFY_DATABASE_PATH": str(tmp_path / "verifications.db"),
-            "VERIFY_SMS_SENDER": "twilio",
-            "VERIFY_SMS_ACCOUNT_SID": twilio.account_sid,
-            "VERIFY_SMS_AUTH_TOKEN": twilio.auth_token,
-            "VERIFY_SMS_FROM_NUMBER": "+15005550006",
-            "VERIFY_SMS_API_BASE_URL": twilio.base_url,
+            **twilio.sender_env,
             "VERIFY_QUEUE_ENABLED": "false",
             "VERIFY_AUTH_API_KEYS": API_KEY,
             "VERIFY_SERVER_SHUTDOWN_GRACE_SECONDS": str(GRACE),

@@ -121,6 +121,17 @@ class TwilioServer:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def sender_env(self) -> dict[str, str]:
+        """The service's settings for sending its SMS here through the Twilio sender."""
+        return {
+            "VERIFY_SMS_SENDER": "twilio",
+            "VERIFY_SMS_ACCOUNT_SID": self.account_sid,
+            "VERIFY_SMS_AUTH_TOKEN": self.auth_token,
+            "VERIFY_SMS_FROM_NUMBER": "+15005550006",
+            "VERIFY_SMS_API_BASE_URL": self.base_url,
+        }
+
     async def __aenter__(self) -> TwilioServer:
         await self.start()
         return self

@@ -148,11 +148,7 @@ async def test_outcomes_wait_while_sqs_is_down_then_all_go_out(
 async def service_env(tmp_path: Path, twilio: TwilioServer) -> dict[str, str]:
     return {
         "VERIFY_DATABASE_PATH": str(tmp_path / "verifications.db"),
-        "VERIFY_SMS_SENDER": "twilio",
-        "VERIFY_SMS_ACCOUNT_SID": twilio.account_sid,
-        "VERIFY_SMS_AUTH_TOKEN": twilio.auth_token,
-        "VERIFY_SMS_FROM_NUMBER": "+15005550006",
-        "VERIFY_SMS_API_BASE_URL": twilio.base_url,
+        **twilio.sender_env,
         "VERIFY_AUTH_API_KEYS": API_KEY,
         "VERIFY_QUEUE_RETRY_DELAYS": "0.05,0.1,0.2",
     }

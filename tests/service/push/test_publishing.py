@@ -257,11 +257,7 @@ async def test_sigterm_publishes_what_waits_before_the_process_exits(
     service = ServiceProcess(
         {
             "VERIFY_DATABASE_PATH": str(tmp_path / "verifications.db"),
-            "VERIFY_SMS_SENDER": "twilio",
-            "VERIFY_SMS_ACCOUNT_SID": twilio.account_sid,
-            "VERIFY_SMS_AUTH_TOKEN": twilio.auth_token,
-            "VERIFY_SMS_FROM_NUMBER": "+15005550006",
-            "VERIFY_SMS_API_BASE_URL": twilio.base_url,
+            **twilio.sender_env,
             "VERIFY_AUTH_API_KEYS": API_KEY,
             "VERIFY_QUEUE_URL": queue_settings.url,
             "VERIFY_QUEUE_ENDPOINT_URL": sqs_proxy.url,

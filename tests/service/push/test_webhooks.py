@@ -165,11 +165,7 @@ async def test_a_receiver_down_across_a_sigkill_of_the_service_gets_it_once_both
     hooks = [endpoint("backend", receiver.url)]
     env = {
         "VERIFY_DATABASE_PATH": str(tmp_path / "verifications.db"),
-        "VERIFY_SMS_SENDER": "twilio",
-        "VERIFY_SMS_ACCOUNT_SID": twilio.account_sid,
-        "VERIFY_SMS_AUTH_TOKEN": twilio.auth_token,
-        "VERIFY_SMS_FROM_NUMBER": "+15005550006",
-        "VERIFY_SMS_API_BASE_URL": twilio.base_url,
+        **twilio.sender_env,
         "VERIFY_QUEUE_ENABLED": "false",
         "VERIFY_AUTH_API_KEYS": API_KEY,
         "VERIFY_WEBHOOKS_ENDPOINTS": json.dumps(hooks),

@@ -28,11 +28,7 @@ def service_env(
 ) -> dict[str, str]:
     return {
         "VERIFY_DATABASE_PATH": str(tmp_path / database),
-        "VERIFY_SMS_SENDER": "twilio",
-        "VERIFY_SMS_ACCOUNT_SID": twilio.account_sid,
-        "VERIFY_SMS_AUTH_TOKEN": twilio.auth_token,
-        "VERIFY_SMS_FROM_NUMBER": "+15005550006",
-        "VERIFY_SMS_API_BASE_URL": twilio.base_url,
+        **twilio.sender_env,
         "VERIFY_QUEUE_ENABLED": "false",
         "VERIFY_AUTH_API_KEYS": API_KEY,
     }
