@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -101,14 +102,7 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
     inside: Counter[str] = Counter()
     packages: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [_function(f) for f in stack.split(";") if f.endswith(")")]
-        if not frames:
-            continue
+    for frames, count in _samples(raw):
         total += count
         own[frames[-1]] += count
         packages[_package(frames[-1])] += count
@@ -134,11 +128,8 @@ def per_verification(raw: Path, completed: int, top: int = 12) -> dict[str, floa
     """Milliseconds of samples per verification, by package, the most first: runs of different
     sizes and rates side by side (py-spy takes `RATE` samples a second of the GIL's holder)."""
     packages: Counter[str] = Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        frames = [_function(f) for f in stack.split(";") if f.endswith(")")]
-        if frames and count_text.isdigit():
-            packages[_package(frames[-1])] += int(count_text)
+    for frames, count in _samples(raw):
+        packages[_package(frames[-1])] += count
     ms = 1000 / RATE / max(1, completed)
     total = {"all": round(sum(packages.values()) * ms, 3)}
     return total | {name: round(n * ms, 3) for name, n in packages.most_common(top)}
@@ -152,6 +143,17 @@ def compared(saturated: dict[str, float], half: dict[str, float]) -> str:
     ]
     headers = ["package (own time)", "ms/verification, saturation", "half load", "ratio"]
     return stats.table(headers, rows)
+
+
+def _samples(raw: Path) -> Iterator[tuple[list[str], int]]:
+    """py-spy's raw lines: each stack's functions, outermost first, and its sample count."""
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = [_function(f) for f in stack.split(";") if f.endswith(")")]
+        if frames:
+            yield frames, int(count_text)
 
 
 def _function(frame: str) -> str:
