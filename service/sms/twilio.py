@@ -73,14 +73,14 @@ class TwilioSender:
 
     async def _loaded(self) -> ModuleType:
         sdk = self._sdk
-        if sdk is None or (sdk.done() and (sdk.cancelled() or sdk.exception() is not None)):
+        if sdk is not None and self.ready:
+            return sdk.result()  # every send after the first
+        if sdk is None or sdk.done():
             # The first send, or the import failed: (again) in a thread, one for all the sends
             # that come meanwhile.
             sdk = self._sdk = asyncio.create_task(
                 asyncio.to_thread(importlib.import_module, "service.sms.twilio_sdk")
             )
-        elif sdk.done():
-            return sdk.result()  # every send after the first
         try:
             # Shielded: a send that gives up (its time-out) leaves the import to the others.
             return await asyncio.shield(sdk)
