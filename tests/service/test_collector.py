@@ -12,9 +12,13 @@ from service.collector import FREEZE_FROM, Collector
 
 @pytest.fixture(autouse=True)
 def thawed() -> Iterator[None]:
+    # Each test starts with nothing frozen; afterwards what lives is frozen again, as the
+    # suite's conftest leaves it (`pytest_collection_finish`).
     gc.unfreeze()
     yield
     gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def test_few_pending_freeze_nothing() -> None:
