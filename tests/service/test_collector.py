@@ -12,8 +12,9 @@ from service.collector import FREEZE_FROM, Collector
 
 @pytest.fixture(autouse=True)
 def thawed() -> Iterator[None]:
-    # Each test starts with nothing frozen; afterwards what lives is frozen again, as the
-    # suite's conftest leaves it (`pytest_collection_finish`).
+    # Each test starts with nothing frozen. Afterwards whatever is alive then (the imports,
+    # the session's fixtures) is frozen again, so the later tests' collections skip it as
+    # they did before (`pytest_collection_finish` in the suite's conftest).
     gc.unfreeze()
     yield
     gc.unfreeze()
