@@ -6,7 +6,6 @@ SQLite file (`make test-postgres`); the file's path still places the secret file
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from service.app import create_app
 from service.config import Settings, settings_from
 from tests.support.api import API_KEY, MakeClient, MakeSettings
+from tests.support.collector import freeze_survivors
 from tests.support.twilio import TwilioServer
 
 pytest_plugins = ["tests.support.localstack", "tests.support.postgres"]
@@ -117,9 +117,5 @@ async def client(make_client: MakeClient) -> TestClient[web.Request, web.Applica
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    # Collecting imports every test module and what they import (aiohttp, botocore, twilio, the
-    # DBOS peer): 190,000 objects that live as long as the run. Frozen, the cyclic collector no
-    # longer walks them in each full collection, which in this process would otherwise stall the
-    # event loop of an in-process test for 100-250 ms, more as the run goes on.
-    gc.collect()
-    gc.freeze()
+    # Collection has imported every test module and all they import.
+    freeze_survivors()

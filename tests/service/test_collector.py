@@ -8,18 +8,17 @@ from collections.abc import Iterator
 import pytest
 
 from service.collector import FREEZE_FROM, Collector
+from tests.support.collector import freeze_survivors
 
 
 @pytest.fixture(autouse=True)
 def thawed() -> Iterator[None]:
-    # Each test starts with nothing frozen. Afterwards whatever is alive then (the imports,
-    # the session's fixtures) is frozen again, so the later tests' collections skip it as
-    # they did before (`pytest_collection_finish` in the suite's conftest).
+    # Each test starts with nothing frozen; afterwards what the suite keeps alive is frozen
+    # again, as the suite's conftest froze it after collection.
     gc.unfreeze()
     yield
     gc.unfreeze()
-    gc.collect()
-    gc.freeze()
+    freeze_survivors()
 
 
 def test_few_pending_freeze_nothing() -> None:

@@ -21,8 +21,8 @@ Runner = Callable[[Coroutine[Any, Any, None]], None]
 
 async def _never_early() -> None:
     # A collection pauses the loop, not the deadlines: in a process that has run the suite's
-    # other tests a full one has taken 400 ms. The conftest now freezes what collection
-    # imported, which leaves what the tests keep (1-3 ms early in a run), but not always.
+    # other tests a full one has taken 400 ms. The conftest freezes what collection imported
+    # (then 1-3 ms early in a run), but what later tests leave behind is walked again.
     gc.collect()
     gc.disable()
     try:
